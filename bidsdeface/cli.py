@@ -1,0 +1,171 @@
+"""Command line: ``bidsdeface BIDS_DIR OUTPUT_DIR {participant,group} [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_SUFFIXES, METHODS, MRI_SUFFIXES, Config
+from .discover import clean_label
+from .errors import EXIT_INTERNAL, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, BidsDefaceError
+
+log = logging.getLogger("bidsdeface")
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with BIDS-App exit codes: 64 for usage errors, 17 for an unknown level."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        code = EXIT_UNKNOWN_LEVEL if "analysis_level" in message else EXIT_USAGE
+        self.exit(code, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser (pure: no I/O)."""
+    parser = _Parser(
+        prog="bidsdeface",
+        description=(
+            "De-identify the head scans of a BIDS dataset: register a head template to every "
+            "scan (ANTs, robust to orientation and field of view), remove the face (and "
+            "optionally the ears) while a dilated brain mask is never touched, scrub identifying "
+            "metadata, and write a BIDS-valid derivative dataset. The input is never modified."
+        ),
+        epilog=(
+            "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
+            "select no scans; 64 usage error; 65 some scans failed (the others were written); 66 no "
+            "usable input; 70 internal error; 73 cannot write the output. "
+            "Example: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="output derivative dataset (created; outside bids_dir)")
+    parser.add_argument(
+        "analysis_level", choices=ANALYSIS_LEVELS,
+        help="participant: deface scans; group: summarise finished participant runs",
+    )
+    parser.add_argument(
+        "--participant-label", "--participant_label", nargs="+", default=[], metavar="LABEL",
+        help="subjects to process, with or without 'sub-' (default: all)",
+    )
+    parser.add_argument(
+        "--session-label", "--session_label", nargs="+", default=[], metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    parser.add_argument(
+        "--modalities", nargs="+", default=list(DEFAULT_SUFFIXES), choices=MRI_SUFFIXES, metavar="SUFFIX",
+        help=f"BIDS suffixes to deface, from: {' '.join(MRI_SUFFIXES)}",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="zero",
+        help="zero: set facial voxels to background; blur: pixelate, smooth and add noise",
+    )
+    parser.add_argument("--remove-ears", action="store_true", help="also remove the outer ears")
+    parser.add_argument(
+        "--brain-margin", type=_non_negative_float, default=6.0, metavar="MM",
+        help="dilation (mm) of the brain mask that is never modified",
+    )
+    parser.add_argument(
+        "--min-registration-score", type=float, default=0.80, metavar="SCORE",
+        help="scans whose template registration scores lower (0-1) fail instead of being written",
+    )
+    parser.add_argument("--nprocs", type=_positive_int, default=1, help="scans processed in parallel")
+    parser.add_argument(
+        "--omp-nthreads", type=_positive_int, default=2, help="threads per scan for registration (ITK/ANTs)"
+    )
+    parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
+    parser.add_argument(
+        "--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator", action="store_true",
+        help="do not run the BIDS validator on the input",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"bidsdeface {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the frozen run configuration from parsed arguments."""
+    return Config(
+        bids_dir=args.bids_dir.absolute(),
+        output_dir=args.output_dir.absolute(),
+        analysis_level=args.analysis_level,
+        participant_labels=tuple(dict.fromkeys(clean_label(label, "sub") for label in args.participant_label)),
+        session_labels=tuple(dict.fromkeys(clean_label(label, "ses") for label in args.session_label)),
+        suffixes=tuple(dict.fromkeys(args.modalities)),
+        method=args.method,
+        remove_ears=args.remove_ears,
+        brain_margin_mm=args.brain_margin,
+        min_registration_score=args.min_registration_score,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads,
+        work_dir=None if args.work_dir is None else args.work_dir.absolute(),
+        skip_bids_validation=args.skip_bids_validation,
+        overwrite=args.overwrite,
+    )
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity >= 2 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    log.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (never raises for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    from .pipeline import run_group, run_participant
+
+    started = time.perf_counter()
+    log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
+    try:
+        config = config_from_args(args)
+        import os
+
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(config.omp_nthreads)
+        code = run_participant(config) if config.analysis_level == "participant" else run_group(config)
+    except BidsDefaceError as exc:
+        log.debug("details", exc_info=True)
+        log.error("%s: %s", type(exc).__name__, exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
+        log.debug("details", exc_info=True)
+        log.error("internal error: %s: %s (run with -vv for the traceback)", type(exc).__name__, exc)
+        return EXIT_INTERNAL
+    log.info("total %.1f s", time.perf_counter() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

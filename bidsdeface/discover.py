@@ -1,0 +1,165 @@
+"""Find the scans to process in a BIDS dataset (pybids) and apply the label filters."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import InputValidationError, NoFilesError, NoInputError, ScanError
+
+log = logging.getLogger(__name__)
+
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan to deface.
+
+    Attributes
+    ----------
+    subject, session : str
+        Labels without prefix (session ``""`` when the dataset has none).
+    path : Path
+        The raw image.
+    relpath : str
+        Its path relative to the dataset root (POSIX), used for outputs and ``Sources``.
+    suffix, datatype : str
+        BIDS suffix (``T1w``...) and folder (``anat``...).
+    """
+
+    subject: str
+    session: str
+    path: Path
+    relpath: str
+    suffix: str
+    datatype: str
+
+
+def clean_label(label: str, prefix: str) -> str:
+    """Strip an optional ``sub-``/``ses-`` prefix.
+
+    >>> clean_label("sub-01", "sub")
+    '01'
+    >>> clean_label("01", "sub")
+    '01'
+    """
+    label = label.strip()
+    return label[len(prefix) + 1 :] if label.startswith(f"{prefix}-") else label
+
+
+def read_dataset_description(bids_dir: Path) -> dict[str, Any]:
+    """Check that ``bids_dir`` is a readable BIDS dataset and return its description.
+
+    Raises
+    ------
+    NoInputError
+        The folder is missing or empty.
+    InputValidationError
+        ``dataset_description.json`` is missing or unreadable.
+    """
+    if not bids_dir.is_dir():
+        raise NoInputError(f"{bids_dir}: input dataset folder does not exist")
+    if not any(bids_dir.iterdir()):
+        raise NoInputError(f"{bids_dir}: input dataset folder is empty")
+    description = bids_dir / "dataset_description.json"
+    if not description.is_file():
+        raise InputValidationError(f"{description}: missing; {bids_dir} is not a BIDS dataset")
+    try:
+        content = json.loads(description.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputValidationError(f"{description}: unreadable JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise InputValidationError(f"{description}: not a JSON object")
+    return content
+
+
+def find_scans(config: Config) -> list[ScanJob]:
+    """Query the dataset for the scans selected by ``config``.
+
+    Raises
+    ------
+    NoFilesError
+        The label or modality filters select nothing.
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    layout = BIDSLayout(
+        str(config.bids_dir), validate=False, derivatives=False, indexer=BIDSLayoutIndexer(index_metadata=False)
+    )
+    subjects = layout.get_subjects()
+    if not subjects:
+        raise NoFilesError(f"{config.bids_dir}: no sub-* folders found")
+    missing = sorted(set(config.participant_labels) - set(subjects))
+    if missing:
+        raise NoFilesError(f"participant label(s) not in the dataset: {', '.join(missing)}")
+    query: dict[str, Any] = {
+        "subject": list(config.participant_labels) or subjects,
+        "suffix": list(config.suffixes),
+        "extension": list(NIFTI_EXTENSIONS),
+        "return_type": "object",
+    }
+    if config.session_labels:
+        query["session"] = list(config.session_labels)
+    files = layout.get(**query)
+    jobs = []
+    for bids_file in sorted(files, key=lambda f: f.path):
+        path = Path(bids_file.path)
+        entities = bids_file.get_entities()
+        jobs.append(
+            ScanJob(
+                subject=str(entities["subject"]),
+                session=str(entities.get("session", "")),
+                path=path,
+                relpath=path.relative_to(config.bids_dir).as_posix(),
+                suffix=str(entities["suffix"]),
+                datatype=str(entities.get("datatype", path.parent.name)),
+            )
+        )
+    if not jobs:
+        raise NoFilesError(
+            "no scans match the filters (participants: "
+            f"{' '.join(config.participant_labels) or 'all'}; sessions: {' '.join(config.session_labels) or 'all'}; "
+            f"suffixes: {' '.join(config.suffixes)})"
+        )
+    return jobs
+
+
+def read_metadata(image: Path) -> dict[str, Any]:
+    """Sidecar of ``image`` merged over inherited sidecars (BIDS inheritance principle).
+
+    A missing sidecar gives an empty dict.
+
+    Raises
+    ------
+    ScanError
+        A sidecar that applies to ``image`` is not valid JSON.
+    """
+    name = image.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
+    entities = stem.split("_")
+    merged: dict[str, Any] = {}
+    root = image
+    levels = []
+    while root.parent != root:
+        root = root.parent
+        levels.append(root)
+        if (root / "dataset_description.json").is_file():
+            break
+    for folder in reversed(levels):
+        for candidate in sorted(folder.glob("*.json")):
+            parts = candidate.name[: -len(".json")].split("_")
+            applies = parts[-1] == entities[-1] and set(parts[:-1]) <= set(entities[:-1])
+            if applies and candidate.name != "dataset_description.json":
+                try:
+                    content = json.loads(candidate.read_text())
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise ScanError(f"{candidate}: unreadable sidecar JSON ({exc})") from exc
+                if not isinstance(content, dict):
+                    raise ScanError(f"{candidate}: sidecar is not a JSON object")
+                merged.update(content)
+    return merged

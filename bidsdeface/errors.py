@@ -1,0 +1,71 @@
+"""Exceptions that carry BIDS-App exit codes.
+
+The codes follow the draft BIDS execution specification (sysexits-style):
+0 ok, 16 input failed validation, 17 unknown analysis level, 18 filters selected
+no files, 64 usage error, 65 some scans could not be processed (bad data),
+66 no usable input, 70 internal error, 73 cannot create output.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INVALID_INPUT = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_NO_FILES = 18
+EXIT_USAGE = 64
+EXIT_DATA = 65
+EXIT_NO_INPUT = 66
+EXIT_INTERNAL = 70
+EXIT_CANT_CREATE = 73
+
+
+class BidsDefaceError(Exception):
+    """Base class: a one-line message and the process exit code it maps to."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(BidsDefaceError):
+    """The command line is inconsistent (e.g. output inside the input)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputValidationError(BidsDefaceError):
+    """The input dataset failed BIDS validation."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class NoFilesError(BidsDefaceError):
+    """Label or modality filters selected nothing."""
+
+    exit_code = EXIT_NO_FILES
+
+
+class NoInputError(BidsDefaceError):
+    """The input dataset is missing, empty or not BIDS."""
+
+    exit_code = EXIT_NO_INPUT
+
+
+class OutputError(BidsDefaceError):
+    """The output folder cannot be created or written."""
+
+    exit_code = EXIT_CANT_CREATE
+
+
+class ScanError(BidsDefaceError):
+    """One scan cannot be processed (corrupt, not a head, NaNs, ...); others go on."""
+
+    exit_code = EXIT_DATA
+
+
+class RegistrationError(ScanError):
+    """Template-to-scan registration failed or scored too poorly to trust."""
+
+
+class ToolError(BidsDefaceError):
+    """An external program failed; the message names it, its version and stderr tail."""
+
+    exit_code = EXIT_INTERNAL

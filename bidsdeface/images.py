@@ -1,0 +1,169 @@
+"""Load a scan and refuse, with one clear line, what cannot be a head image."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .errors import ScanError
+
+MIN_HEAD_EXTENT_MM = 60.0
+MAX_HEAD_EXTENT_MM = 450.0
+MIN_SLICES = 4
+HEAD_CLOSING_MM = 6.0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A loaded scan: the untouched image plus a 3D float volume to register.
+
+    Attributes
+    ----------
+    path : Path
+        Source file.
+    image : nibabel.Nifti1Image
+        The image as stored (grid, dtype, scaling are kept for writing).
+    reference : numpy.ndarray
+        3D float32 volume on the image grid (the mean over volumes for 4D).
+    """
+
+    path: Path
+    image: nib.Nifti1Image
+    reference: np.ndarray
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the three spatial axes."""
+        return tuple(float(z) for z in self.image.header.get_zooms()[:3])
+
+
+def load_scan(path: Path) -> Scan:
+    """Read a NIfTI scan fully and check that it can be a head image.
+
+    Parameters
+    ----------
+    path : Path
+        ``.nii`` or ``.nii.gz`` file.
+
+    Returns
+    -------
+    Scan
+
+    Raises
+    ------
+    ScanError
+        Unreadable, truncated or corrupt file; fewer than 3 spatial dimensions
+        or more than 4; non-finite values; no signal.
+    """
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise ScanError(f"{path}: cannot read image (corrupt or truncated file: {exc})") from exc
+    if not isinstance(image, nib.Nifti1Image):
+        raise ScanError(f"{path}: not a NIfTI-1/2 image")
+    shape = image.shape
+    if len(shape) < 3 or min(shape[:3]) < MIN_SLICES:
+        raise ScanError(f"{path}: {len(shape)}D image with shape {shape}; a 3D head volume is required")
+    if len(shape) > 4 and any(n > 1 for n in shape[4:]):
+        raise ScanError(f"{path}: image with shape {shape} has more than 4 dimensions")
+    volumes = data.reshape(shape[:3] + (-1,)).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(volumes)):
+        raise ScanError(f"{path}: image contains NaN or infinite values")
+    if not np.any(volumes != volumes.flat[0]):
+        raise ScanError(f"{path}: image is constant (no signal)")
+    zooms = image.header.get_zooms()[:3]
+    if min(zooms) <= 0:
+        raise ScanError(f"{path}: invalid voxel size {zooms}")
+    reference = volumes.mean(axis=3) if volumes.shape[3] > 1 else volumes[..., 0]
+    return Scan(path=Path(path), image=image, reference=np.ascontiguousarray(reference, dtype=np.float32))
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Return the Otsu threshold of ``values``.
+
+    >>> float(otsu_threshold(np.r_[np.zeros(100), np.ones(100) * 10])) > 0
+    True
+    """
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(hist)
+    weight_high = weight_low[-1] - weight_low
+    mean_low = np.cumsum(hist * centers) / np.maximum(weight_low, 1)
+    total = (hist * centers).sum()
+    mean_high = (total - np.cumsum(hist * centers)) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: float | None = None) -> np.ndarray:
+    """Return a filled binary mask of the head (largest connected foreground).
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        3D intensities.
+    zooms : tuple of float
+        Voxel size (mm), to scale the morphological operations.
+    threshold : float, optional
+        Foreground threshold; Otsu's on the robust intensity range by default.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    if threshold is None:
+        low, high = np.percentile(volume, [0.5, 99.5])
+        clipped = np.clip(volume, low, high)
+        threshold = low + 0.3 * (otsu_threshold(clipped) - low)
+    foreground = volume > threshold
+    radius = np.maximum(1, np.round(HEAD_CLOSING_MM / np.asarray(zooms)).astype(int))
+    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
+    foreground = ndimage.binary_opening(foreground, structure=np.ones((3, 3, 3), bool))
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return foreground
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = labels == int(np.argmax(sizes))
+    closed = ndimage.binary_closing(np.pad(largest, radius[:, None]), structure=structure)
+    closed = closed[tuple(slice(r, -r) for r in radius)]
+    filled = ndimage.binary_fill_holes(closed)
+    for axis in range(3):
+        filled |= _fill_slices(closed, axis)
+    return filled
+
+
+def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill holes slice by slice along ``axis`` (heads are open at the neck)."""
+    moved = np.moveaxis(mask, axis, 0)
+    out = np.stack([ndimage.binary_fill_holes(s) for s in moved])
+    return np.moveaxis(out, 0, axis)
+
+
+def check_head_extent(mask: np.ndarray, zooms: tuple[float, float, float], path: Path) -> None:
+    """Refuse images whose foreground is too small or too large to be a head.
+
+    Raises
+    ------
+    ScanError
+        The foreground bounding box is outside the plausible range of a head.
+    """
+    if not mask.any():
+        raise ScanError(f"{path}: no foreground found; not a head image")
+    idx = np.nonzero(mask)
+    extents = [(int(i.max()) - int(i.min()) + 1) * z for i, z in zip(idx, zooms, strict=True)]
+    if max(extents) < MIN_HEAD_EXTENT_MM or sorted(extents)[1] < MIN_HEAD_EXTENT_MM / 2:
+        raise ScanError(
+            f"{path}: foreground spans {[round(e) for e in extents]} mm; too small to be a head"
+        )
+    if min(extents) > MAX_HEAD_EXTENT_MM:
+        raise ScanError(
+            f"{path}: foreground spans {[round(e) for e in extents]} mm; too large to be a head"
+        )

@@ -1,0 +1,315 @@
+"""Run the stages in order: one scan at a time, many scans in parallel."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .config import Config
+from .deface import ScanMasks, deface_image, dilate_mm
+from .derivatives import (
+    DEIDENTIFICATION_CODES,
+    defaced_name,
+    mask_name,
+    remove_stale_temporaries,
+    write_dataset_files,
+    write_json_atomic,
+    write_nifti_atomic,
+)
+from .discover import ScanJob, find_scans, read_dataset_description, read_metadata
+from .errors import EXIT_DATA, EXIT_OK, BidsDefaceError, InputValidationError, OutputError, UsageError
+from .images import head_mask, load_scan
+from .register import register_template, warp_template_mask
+from .scrub import scrub_nifti_header, scrub_sidecar
+from .templates import load_template
+from .tools import run
+
+log = logging.getLogger(__name__)
+
+DEIDENTIFICATION_METHOD = "bidsdeface: face removal with brain protection; identifying sidecar keys and NIfTI text removed"
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What happened to one scan.
+
+    Attributes
+    ----------
+    relpath : str
+        Input path relative to the dataset root.
+    status : str
+        ``done``, ``skipped`` (already finished) or ``failed``.
+    message : str
+        One line: the error for failures.
+    metrics : dict
+        Registration score, voxel counts (see :class:`bidsdeface.deface.DefaceResult`).
+    seconds : dict
+        Wall seconds per stage.
+    """
+
+    relpath: str
+    status: str
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The final files of one scan; the sidecar is written last and marks completion."""
+
+    image: Path
+    sidecar: Path
+    mask: Path
+    mask_sidecar: Path
+
+    @classmethod
+    def for_job(cls, config: Config, job: ScanJob) -> OutputPaths:
+        folder = config.output_dir / Path(job.relpath).parent
+        name = job.path.name
+        return cls(
+            image=folder / defaced_name(name, ".nii.gz"),
+            sidecar=folder / defaced_name(name, ".json"),
+            mask=folder / mask_name(name, ".nii.gz"),
+            mask_sidecar=folder / mask_name(name, ".json"),
+        )
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar))
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 2)
+
+
+def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A uint8 image of ``mask`` with ``like``'s affine and qform/sform codes."""
+    image = nib.Nifti1Image(mask.astype(np.uint8), like.affine)
+    image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
+    image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
+    image.header.set_xyzt_units(*like.header.get_xyzt_units())
+    return image
+
+
+def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
+    """Deface one scan and write its derivatives; never raises for bad data.
+
+    Parameters
+    ----------
+    job : ScanJob
+        The scan.
+    config : Config
+        Run settings.
+
+    Returns
+    -------
+    ScanOutcome
+    """
+    outputs = OutputPaths.for_job(config, job)
+    if outputs.complete() and not config.overwrite:
+        return ScanOutcome(job.relpath, "skipped", "already defaced (use --overwrite to redo)")
+    timer = _Timer()
+    try:
+        with timer.stage("load"):
+            scan = load_scan(job.path)
+            metadata = read_metadata(job.path)
+            template = load_template()
+        with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
+            with timer.stage("register"):
+                registration = register_template(scan, template, config, work_dir=Path(scratch))
+            with timer.stage("masks"):
+                brain = warp_template_mask(scan, template.brain, template, registration)
+                masks = ScanMasks(
+                    face=warp_template_mask(scan, template.face, template, registration),
+                    ears=warp_template_mask(scan, template.ears, template, registration),
+                    brain=brain,
+                    protect=dilate_mm(brain, scan.zooms, config.brain_margin_mm),
+                    head=head_mask(scan.reference, scan.zooms),
+                )
+        with timer.stage("deface"):
+            result = deface_image(scan.image, masks, config)
+        with timer.stage("write"):
+            clean_metadata, removed_keys = scrub_sidecar(metadata)
+            sources = [f"bids:raw:{job.relpath}"]
+            write_nifti_atomic(outputs.mask, scrub_nifti_header(_mask_image(result.removed, scan.image)))
+            write_json_atomic(
+                outputs.mask_sidecar,
+                {
+                    "Description": "Voxels replaced by defacing (1) in the source scan's grid",
+                    "SkullStripped": False,
+                    "Sources": sources,
+                    "Type": "Deface",
+                },
+            )
+            write_nifti_atomic(outputs.image, scrub_nifti_header(result.image))
+            write_json_atomic(
+                outputs.sidecar,
+                {
+                    **clean_metadata,
+                    "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
+                    "SkullStripped": False,
+                    "Sources": sources,
+                    "DeidentificationMethod": [DEIDENTIFICATION_METHOD],
+                    "DeidentificationMethodCodeSequence": list(DEIDENTIFICATION_CODES),
+                },
+            )
+    except BidsDefaceError as exc:
+        return ScanOutcome(job.relpath, "failed", str(exc), seconds=timer.seconds)
+    except (MemoryError, OSError) as exc:
+        return ScanOutcome(job.relpath, "failed", f"{job.path}: {type(exc).__name__}: {exc}", seconds=timer.seconds)
+    metrics: dict[str, Any] = {
+        "registration_score": round(registration.score, 4),
+        "registration_start": registration.start,
+        **result.metrics,
+        "sidecar_keys_removed": removed_keys,
+    }
+    return ScanOutcome(job.relpath, "done", "", metrics, timer.seconds)
+
+
+def check_paths(config: Config) -> None:
+    """Refuse outputs that would touch the input, and unwritable output folders.
+
+    Raises
+    ------
+    UsageError
+        OUTPUT_DIR is BIDS_DIR or inside it.
+    OutputError
+        OUTPUT_DIR cannot be created or written.
+    """
+    bids_dir, output_dir = config.bids_dir.resolve(), config.output_dir.resolve()
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        raise UsageError(f"{config.output_dir}: the output folder must be outside the input dataset {bids_dir}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".bidsdeface-write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{config.output_dir}: cannot write to the output folder ({exc.strerror})") from exc
+
+
+def validate_input(config: Config) -> None:
+    """Run the official BIDS validator on the input unless asked not to.
+
+    Raises
+    ------
+    InputValidationError
+        The validator reports errors.
+    """
+    if config.skip_bids_validation:
+        log.info("input validation skipped (--skip-bids-validation)")
+        return
+    started = time.perf_counter()
+    result = run(["bids-validator-deno", str(config.bids_dir), "--no-color"], ok_codes=(0, 16), timeout=600)
+    if result.returncode != 0:
+        summary = [line.strip() for line in result.stdout.splitlines() if "[ERROR]" in line]
+        raise InputValidationError(
+            f"{config.bids_dir}: the BIDS validator reports errors ({'; '.join(summary[:3]) or 'see bids-validator-deno'}); "
+            "fix them or pass --skip-bids-validation"
+        )
+    log.info("input dataset is valid BIDS (%.1f s)", time.perf_counter() - started)
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+
+
+def _map_scans(jobs: list[ScanJob], config: Config) -> Iterator[tuple[ScanJob, ScanOutcome]]:
+    if config.nprocs == 1 or len(jobs) == 1:
+        _init_worker(config.omp_nthreads)
+        for job in jobs:
+            yield job, process_scan(job, config)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=config.nprocs, mp_context=context, initializer=_init_worker, initargs=(config.omp_nthreads,)
+    ) as pool:
+        futures = [(job, pool.submit(process_scan, job, config)) for job in jobs]
+        for job, future in futures:
+            yield job, future.result()
+
+
+def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | None = None) -> int:
+    """Deface every selected scan; return the process exit code.
+
+    Parameters
+    ----------
+    config : Config
+        Run settings.
+    on_outcome : callable, optional
+        Called with each scan's outcome as it finishes.
+
+    Returns
+    -------
+    int
+        0 when every scan is done or skipped, 65 when any scan failed.
+    """
+    source_description = read_dataset_description(config.bids_dir)
+    check_paths(config)
+    validate_input(config)
+    jobs = find_scans(config)
+    subjects = sorted({job.subject for job in jobs})
+    log.info("%d scan(s) of %d subject(s) to process", len(jobs), len(subjects))
+    write_dataset_files(config.output_dir, source_description)
+    for subject in subjects:
+        stale = remove_stale_temporaries(config.output_dir / f"sub-{subject}")
+        if stale:
+            log.info("sub-%s: removed %d partial file(s) left by an interrupted run", subject, stale)
+    failed = 0
+    for index, (job, outcome) in enumerate(_map_scans(jobs, config), start=1):
+        failed += outcome.status == "failed"
+        if outcome.status == "failed":
+            log.error("[%d/%d] %s: FAILED: %s", index, len(jobs), job.relpath, outcome.message)
+        elif outcome.status == "skipped":
+            log.info("[%d/%d] %s: skipped, %s", index, len(jobs), job.relpath, outcome.message)
+        else:
+            m, s = outcome.metrics, outcome.seconds
+            log.info(
+                "[%d/%d] %s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); "
+                "brain voxels touched %d",
+                index, len(jobs), job.relpath, sum(s.values()),
+                ", ".join(f"{k} {v:.1f}" for k, v in s.items()),
+                m["registration_score"], m["face_voxels_removed"], 100 * m["face_removed_fraction"],
+                m["brain_voxels_touched"],
+            )
+        if on_outcome is not None:
+            on_outcome(outcome)
+    log.info("finished: %d done or skipped, %d failed", len(jobs) - failed, failed)
+    return EXIT_DATA if failed else EXIT_OK
+
+
+def run_group(config: Config) -> int:
+    """Summarise what participant runs produced (processes nothing again).
+
+    Returns
+    -------
+    int
+        0, or 66 when there is nothing to summarise.
+    """
+    from .errors import NoInputError
+
+    defaced = sorted(config.output_dir.glob("sub-*/**/*_desc-defaced_*.nii.gz"))
+    if not defaced:
+        raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")
+    log.info("group level: %d defaced scan(s) in %s", len(defaced), config.output_dir)
+    return EXIT_OK

@@ -1,0 +1,288 @@
+"""Register the head template to a scan with ANTs, robust to orientation and field of view.
+
+Recipe: both images go to 2 mm; a similarity transform is fitted first on smoothed
+head masks (modality-free, wide capture range) from the head's centre of mass, then
+an affine on intensities with mutual information. When the result scores poorly,
+the same is tried from other starting rotations and the best score wins. The score
+is the Dice overlap of the warped template head with the scan's own head mask,
+inside the scan's field of view.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ants
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from .config import Config
+from .errors import RegistrationError
+from .images import Scan, check_head_extent, head_mask
+from .templates import Template
+
+log = logging.getLogger(__name__)
+
+WORK_RESOLUTION_MM = 2.0
+MASK_SMOOTHING_MM = 6.0
+OTHER_POSE_MARGIN = 0.40
+POSE_SEARCH_RESOLUTION_MM = 4.0
+MI_SAMPLING_RATE = 0.1
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Starting rotations (degrees about the RAS x, y, z axes): upright first, then the
+# poses that broken headers and unusual positioning produce.
+START_ROTATIONS: tuple[tuple[str, tuple[float, float, float]], ...] = (
+    ("upright", (0, 0, 0)),
+    ("yaw180", (0, 0, 180)),
+    ("pitch180", (180, 0, 0)),
+    ("roll180", (0, 180, 0)),
+    ("pitch+90", (90, 0, 0)),
+    ("pitch-90", (-90, 0, 0)),
+    ("roll+90", (0, 90, 0)),
+    ("roll-90", (0, -90, 0)),
+    ("yaw+90", (0, 0, 90)),
+    ("yaw-90", (0, 0, -90)),
+)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A template-to-scan transform and how good it is.
+
+    Attributes
+    ----------
+    transforms : tuple of str
+        ANTs transform files mapping scan points to template points (use with
+        ``ants.apply_transforms(fixed=scan, moving=template, ...)``).
+    score : float
+        Dice of warped template head and scan head (0..1).
+    start : str
+        Name of the starting rotation that won.
+    starts_tried : int
+        How many starting rotations were tried.
+    """
+
+    transforms: tuple[str, ...]
+    score: float
+    start: str
+    starts_tried: int
+
+
+def to_ants(volume: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
+    """Wrap a 3D array with its voxel-to-RAS affine as an ANTs (LPS) image."""
+    lps = RAS_TO_LPS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32),
+        origin=[float(v) for v in lps[:3, 3]],
+        spacing=[float(v) for v in spacing],
+        direction=direction,
+    )
+
+
+def _normalised(image: ants.ANTsImage, mask: np.ndarray) -> ants.ANTsImage:
+    """Scale intensities so that the head's 99th percentile is 1."""
+    data = image.numpy()
+    top = float(np.percentile(data[mask], 99)) if mask.any() else float(data.max())
+    return image.new_image_like(np.clip(data / max(top, 1e-6), 0, 1.5).astype(np.float32))
+
+
+def _smoothed_mask(image: ants.ANTsImage, mask: np.ndarray) -> ants.ANTsImage:
+    sigma = MASK_SMOOTHING_MM / np.asarray(image.spacing)
+    return image.new_image_like(ndimage.gaussian_filter(mask.astype(np.float32), sigma))
+
+
+def _centre_of_mass_lps(image: ants.ANTsImage, mask: np.ndarray) -> np.ndarray:
+    index = np.array(ndimage.center_of_mass(mask))
+    direction = np.asarray(image.direction)
+    return np.asarray(image.origin) + direction @ (np.asarray(image.spacing) * index)
+
+
+def _initial_transform(
+    fixed: ants.ANTsImage, fixed_mask: np.ndarray, moving: ants.ANTsImage, moving_mask: np.ndarray,
+    angles_ras: tuple[float, float, float], path: Path,
+) -> str:
+    """Write a rigid start: rotate about the scan's head centre, align the centres.
+
+    ANTs transforms map fixed (scan) points to moving (template) points.
+    """
+    rotation_ras = Rotation.from_euler("xyz", angles_ras, degrees=True).as_matrix()
+    flip = RAS_TO_LPS[:3, :3]
+    rotation_lps = flip @ rotation_ras @ flip
+    centre_fixed = _centre_of_mass_lps(fixed, fixed_mask)
+    centre_moving = _centre_of_mass_lps(moving, moving_mask)
+    transform = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        dimension=3,
+        matrix=rotation_lps,
+        center=centre_fixed.tolist(),
+        translation=(centre_moving - centre_fixed).tolist(),
+    )
+    ants.write_transform(transform, str(path))
+    return str(path)
+
+
+@dataclass(frozen=True)
+class _StartResult:
+    name: str
+    transforms: tuple[str, ...]
+    score: float
+    mutual_information: float
+
+
+@dataclass(frozen=True)
+class _Level:
+    """Scan and template at one resolution, with their head masks and derived images."""
+
+    fixed: ants.ANTsImage
+    fixed_mask: np.ndarray
+    fixed_norm: ants.ANTsImage
+    fixed_blob: ants.ANTsImage
+    moving: ants.ANTsImage
+    moving_mask: np.ndarray
+    moving_norm: ants.ANTsImage
+    moving_blob: ants.ANTsImage
+
+    @classmethod
+    def build(
+        cls, scan: ants.ANTsImage, template: ants.ANTsImage, resolution: float, threshold: float | None, path: Path
+    ) -> _Level:
+        zooms = (resolution,) * 3
+        fixed = ants.resample_image(scan, zooms, use_voxels=False, interp_type=0)
+        moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
+        fixed_mask = head_mask(fixed.numpy(), zooms, threshold=threshold)
+        check_head_extent(fixed_mask, zooms, path)
+        moving_mask = head_mask(moving.numpy(), zooms)
+        return cls(
+            fixed, fixed_mask, _normalised(fixed, fixed_mask), _smoothed_mask(fixed, fixed_mask),
+            moving, moving_mask, _normalised(moving, moving_mask), _smoothed_mask(moving, moving_mask),
+        )
+
+    def fit(
+        self, name: str, initial: list[str], shrink: tuple[int, ...], iterations: tuple[int, ...], work_dir: Path
+    ) -> _StartResult:
+        """Affine mutual-information fit from ``initial``; scored by head overlap and MI."""
+        started = time.perf_counter()
+        result = ants.registration(
+            fixed=self.fixed_norm, moving=self.moving_norm, type_of_transform="Affine",
+            initial_transform=initial, outprefix=str(work_dir / f"{name}_aff_"), aff_metric="mattes",
+            aff_iterations=iterations, aff_shrink_factors=shrink,
+            aff_smoothing_sigmas=tuple(s // 2 for s in shrink), aff_random_sampling_rate=MI_SAMPLING_RATE,
+        )
+        transforms = tuple(result["fwdtransforms"])
+        mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
+        fov_image = self.moving.new_image_like(np.ones(self.moving.shape, np.float32))
+        warped_head = ants.apply_transforms(self.fixed, mask_image, list(transforms)).numpy() > 0.5
+        in_template = ants.apply_transforms(self.fixed, fov_image, list(transforms)).numpy() > 0.5
+        score = _dice(warped_head & in_template, self.fixed_mask & in_template)
+        warped = ants.apply_transforms(self.fixed, self.moving_norm, list(transforms))
+        head = self.fixed.new_image_like(self.fixed_mask.astype(np.float32))
+        mutual_information = -float(
+            ants.image_similarity(self.fixed_norm, warped, metric_type="MattesMutualInformation", fixed_mask=head)
+        )
+        log.debug(
+            "pose %s: head overlap %.3f, mutual information %.4f (%.1f s)",
+            name, score, mutual_information, time.perf_counter() - started,
+        )
+        return _StartResult(name, transforms, score, mutual_information)
+
+
+def _choose_start(results: list[_StartResult]) -> _StartResult:
+    """Keep the header's pose unless another start explains the image clearly better.
+
+    Head-shape overlap cannot tell a head from the same head turned round (heads are
+    blobs), so poses are compared by mutual information; the header's pose wins ties.
+    """
+    upright, *others = results
+    if not others:
+        return upright
+    challenger = others[0]
+    if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
+        return challenger
+    return upright
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 0.0
+
+
+def register_template(
+    scan: Scan, template: Template, config: Config, work_dir: Path | None = None, threshold: float | None = None
+) -> Registration:
+    """Fit an affine transform from the template to ``scan``.
+
+    Parameters
+    ----------
+    scan : Scan
+        The loaded scan (its 3D reference volume is used).
+    template : Template
+        Bundled head template.
+    config : Config
+        ``min_registration_score`` and ``random_seed``.
+    work_dir : Path, optional
+        Where ANTs writes its transform files; a temporary folder by default
+        (the files must outlive this call, so pass a folder you clean up).
+    threshold : float, optional
+        Scan foreground threshold (e.g. -500 for CT in HU); Otsu by default.
+
+    Returns
+    -------
+    Registration
+
+    Raises
+    ------
+    RegistrationError
+        No starting rotation reaches ``config.min_registration_score``.
+    """
+    work_dir = Path(tempfile.mkdtemp(prefix="bidsdeface-reg-")) if work_dir is None else work_dir
+    scan_image = to_ants(scan.reference, scan.image.affine)
+    template_image = to_ants(template.head, template.affine)
+    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path)
+    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path)
+
+    poses: list[_StartResult] = []
+    for name, angles in START_ROTATIONS:
+        init = _initial_transform(
+            coarse.fixed, coarse.fixed_mask, coarse.moving, coarse.moving_mask, angles, work_dir / f"{name}_init.mat"
+        )
+        shape_fit = ants.registration(
+            fixed=coarse.fixed_blob, moving=coarse.moving_blob, type_of_transform="Similarity",
+            initial_transform=[init], outprefix=str(work_dir / f"{name}_sim_"), aff_metric="meansquares",
+            aff_iterations=(50, 25), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+            aff_random_sampling_rate=0.2,
+        )
+        poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), (25,), work_dir))
+    upright = poses[0]
+    challenger = max(poses[1:], key=lambda r: r.mutual_information)
+    contenders = [upright]
+    if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
+        contenders.append(challenger)
+    refined = [fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), (40, 20), work_dir) for r in contenders]
+    chosen = _choose_start(refined)
+    log.debug("pose %s chosen from %d starting poses", chosen.name, len(poses))
+    best = Registration(chosen.transforms, chosen.score, chosen.name.removesuffix("_refined"), len(poses))
+    if best.score < config.min_registration_score:
+        raise RegistrationError(
+            f"{scan.path}: registration to the head template scored {best.score:.2f} "
+            f"(< {config.min_registration_score:.2f}) after {best.starts_tried} starting poses; not a head, "
+            "or an unusual field of view - nothing was written"
+        )
+    return best
+
+
+def warp_template_mask(
+    scan: Scan, template_mask: np.ndarray, template: Template, registration: Registration
+) -> np.ndarray:
+    """Bring a template mask onto the scan's own voxel grid (3D boolean)."""
+    fixed = to_ants(np.zeros(scan.reference.shape, np.float32), scan.image.affine)
+    moving = to_ants(template_mask.astype(np.float32), template.affine)
+    warped = ants.apply_transforms(fixed, moving, list(registration.transforms), interpolator="linear")
+    return warped.numpy() > 0.5
