@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -63,32 +64,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="output derivative dataset (created; outside bids_dir)")
     parser.add_argument(
-        "analysis_level", choices=ANALYSIS_LEVELS,
+        "analysis_level",
+        choices=ANALYSIS_LEVELS,
         help="participant: deface scans; group: summarise finished participant runs",
     )
     parser.add_argument(
-        "--participant-label", "--participant_label", nargs="+", default=[], metavar="LABEL",
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        default=[],
+        metavar="LABEL",
         help="subjects to process, with or without 'sub-' (default: all)",
     )
     parser.add_argument(
-        "--session-label", "--session_label", nargs="+", default=[], metavar="LABEL",
+        "--session-label",
+        "--session_label",
+        nargs="+",
+        default=[],
+        metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )
     parser.add_argument(
-        "--modalities", nargs="+", default=list(DEFAULT_SUFFIXES), choices=MRI_SUFFIXES, metavar="SUFFIX",
+        "--modalities",
+        nargs="+",
+        default=list(DEFAULT_SUFFIXES),
+        choices=MRI_SUFFIXES,
+        metavar="SUFFIX",
         help=f"BIDS suffixes to deface, from: {' '.join(MRI_SUFFIXES)}",
     )
     parser.add_argument(
-        "--method", choices=METHODS, default="zero",
+        "--method",
+        choices=METHODS,
+        default="zero",
         help="zero: set facial voxels to background; blur: pixelate, smooth and add noise",
     )
     parser.add_argument("--remove-ears", action="store_true", help="also remove the outer ears")
     parser.add_argument(
-        "--brain-margin", type=_non_negative_float, default=6.0, metavar="MM",
+        "--brain-margin",
+        type=_non_negative_float,
+        default=6.0,
+        metavar="MM",
         help="dilation (mm) of the brain mask that is never modified",
     )
     parser.add_argument(
-        "--min-registration-score", type=float, default=0.80, metavar="SCORE",
+        "--min-registration-score",
+        type=float,
+        default=0.80,
+        metavar="SCORE",
         help="scans whose template registration scores lower (0-1) fail instead of being written",
     )
     parser.add_argument("--nprocs", type=_positive_int, default=1, help="scans processed in parallel")
@@ -97,11 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
     parser.add_argument(
-        "--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator", action="store_true",
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        "--skip_bids_validator",
+        action="store_true",
         help="do not run the BIDS validator on the input",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
+    )
     parser.add_argument("--version", action="version", version=f"bidsdeface {__version__}")
     return parser
 
@@ -128,12 +155,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity >= 2 else logging.INFO
+    level = logging.DEBUG if verbosity >= 1 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    handler.set_name("bidsdeface-cli")
+    log.handlers[:] = [h for h in log.handlers if h.get_name() != "bidsdeface-cli"] + [handler]
     log.setLevel(level)
 
 
@@ -142,15 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
     from .pipeline import run_group, run_participant
 
     started = time.perf_counter()
     log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
     try:
         config = config_from_args(args)
-        import os
-
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(config.omp_nthreads)
         code = run_participant(config) if config.analysis_level == "participant" else run_group(config)
     except BidsDefaceError as exc:
         log.debug("details", exc_info=True)
@@ -159,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
+    except Exception as exc:
         log.debug("details", exc_info=True)
-        log.error("internal error: %s: %s (run with -vv for the traceback)", type(exc).__name__, exc)
+        log.error("internal error: %s: %s (run with -v for the traceback)", type(exc).__name__, exc)
         return EXIT_INTERNAL
     log.info("total %.1f s", time.perf_counter() - started)
     return code

@@ -60,12 +60,20 @@ class DefaceResult:
     metrics: dict[str, float | int]
 
 
+def _padded_box(mask: np.ndarray, pad: list[int]) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels per axis, clipped to the array."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, p, n in zip(box, pad, mask.shape, strict=True))
+
+
 def dilate_mm(mask: np.ndarray, zooms: tuple[float, float, float], margin_mm: float) -> np.ndarray:
     """Dilate ``mask`` by ``margin_mm`` in physical distance (anisotropic voxels allowed)."""
     if margin_mm <= 0 or not mask.any():
         return mask.copy()
-    distance = ndimage.distance_transform_edt(~mask, sampling=zooms)
-    return distance <= margin_mm
+    box = _padded_box(mask, [int(np.ceil(margin_mm / z)) + 1 for z in zooms])
+    dilated = np.zeros_like(mask, dtype=bool)
+    dilated[box] = ndimage.distance_transform_edt(~mask[box], sampling=zooms) <= margin_mm
+    return dilated
 
 
 def removal_mask(masks: ScanMasks, remove_ears: bool) -> np.ndarray:
@@ -74,13 +82,27 @@ def removal_mask(masks: ScanMasks, remove_ears: bool) -> np.ndarray:
     return target & ~masks.protect
 
 
-def stored_value(header: nib.Nifti1Header, real_value: float) -> float:
-    """Return the on-disk value that ``header``'s scaling maps to ``real_value``."""
-    slope, inter = header.get_slope_inter()
-    slope = 1.0 if slope is None else float(slope)
-    inter = 0.0 if inter is None else float(inter)
+def data_scaling(image: nib.Nifti1Image) -> tuple[float, float]:
+    """Return the (slope, intercept) that map stored values to real values.
+
+    nibabel moves a loaded file's scaling from the header to the data proxy.
+    """
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    return (1.0 if slope == 0 or np.isnan(slope) else slope), (0.0 if np.isnan(inter) else inter)
+
+
+def stored_data(image: nib.Nifti1Image) -> np.ndarray:
+    """Return the voxel values as stored on disk (before scaling)."""
+    proxy = image.dataobj
+    return np.asanyarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
+
+
+def stored_value(image: nib.Nifti1Image, real_value: float) -> float:
+    """Return the on-disk value that ``image``'s scaling maps to ``real_value``."""
+    slope, inter = data_scaling(image)
     raw = (real_value - inter) / slope
-    dtype = header.get_data_dtype()
+    dtype = image.get_data_dtype()
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return float(np.clip(np.round(raw), info.min, info.max))
@@ -91,16 +113,14 @@ def _blurred_replacement(
     volume: np.ndarray, region: np.ndarray, zooms: tuple[float, float, float], config: Config, noise_scale: float
 ) -> np.ndarray:
     """Return smoothed, pixelated and noised values for ``region`` (real units)."""
-    box = ndimage.find_objects(region.astype(np.uint8))[0]
-    pad = [int(np.ceil(2 * config.blur_fwhm_mm / z)) for z in zooms]
-    box = tuple(
-        slice(max(0, s.start - p), min(n, s.stop + p)) for s, p, n in zip(box, pad, volume.shape, strict=True)
-    )
+    box = _padded_box(region, [int(np.ceil(2 * config.blur_fwhm_mm / z)) for z in zooms])
     patch = volume[box].astype(np.float32)
-    block = [max(1, int(round(BLUR_BLOCK_MM / z))) for z in zooms]
-    coarse = ndimage.uniform_filter(patch, size=block, mode="nearest")[tuple(slice(b // 2, None, b) for b in block)]
-    pixelated = np.repeat(np.repeat(np.repeat(coarse, block[0], 0), block[1], 1), block[2], 2)
-    pixelated = pixelated[: patch.shape[0], : patch.shape[1], : patch.shape[2]]
+    block = [max(1, round(BLUR_BLOCK_MM / z)) for z in zooms]
+    coarse = ndimage.uniform_filter(patch, size=block, mode="nearest")[tuple(slice(0, None, b) for b in block)]
+    nearest_block = [
+        np.minimum(np.arange(n) // b, c - 1) for n, b, c in zip(patch.shape, block, coarse.shape, strict=True)
+    ]
+    pixelated = coarse[np.ix_(*nearest_block)]
     sigma = [config.blur_fwhm_mm * FWHM_TO_SIGMA / z for z in zooms]
     smooth = ndimage.gaussian_filter(pixelated, sigma=sigma, mode="nearest")
     rng = np.random.default_rng(config.random_seed)
@@ -134,28 +154,28 @@ def deface_image(
     DefaceResult
     """
     header = image.header
-    stored = np.asanyarray(image.dataobj.get_unscaled()).copy()
+    stored = stored_data(image).copy()
     removed = removal_mask(masks, config.remove_ears)
-    volumes = stored.reshape(stored.shape[:3] + (-1,))
+    volumes = stored.reshape((*stored.shape[:3], -1))
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
-    slope, inter = header.get_slope_inter()
-    slope = 1.0 if slope is None else float(slope)
-    inter = 0.0 if inter is None else float(inter)
+    slope, inter = data_scaling(image)
     if removed.any():
         for index in range(volumes.shape[3]):
             volume = volumes[..., index]
             if config.method == "zero":
-                volume[removed] = stored_value(header, background)
+                volume[removed] = stored_value(image, background)
             else:
                 real = volume.astype(np.float32) * slope + inter
-                noise_scale = BLUR_NOISE_FRACTION * float(np.percentile(real[masks.head], 99)) if masks.head.any() else 0.0
+                noise_scale = (
+                    BLUR_NOISE_FRACTION * float(np.percentile(real[masks.head], 99)) if masks.head.any() else 0.0
+                )
                 replacement = (_blurred_replacement(real, removed, zooms, config, noise_scale) - inter) / slope
                 if np.issubdtype(volume.dtype, np.integer):
                     info = np.iinfo(volume.dtype)
                     replacement = np.clip(np.round(replacement), info.min, info.max)
                 volume[removed] = replacement.astype(volume.dtype)
     defaced = stored.reshape(image.shape)
-    original = np.asanyarray(image.dataobj.get_unscaled()).reshape(volumes.shape)
+    original = stored_data(image).reshape(volumes.shape)
     changed_protected = int(np.count_nonzero((volumes != original)[masks.protect]))
     face_total = int(masks.face.sum())
     metrics: dict[str, float | int] = {
@@ -178,9 +198,5 @@ def rebuild_like(image: nib.Nifti1Image, stored: np.ndarray) -> nib.Nifti1Image:
     """
     header = image.header.copy()
     new = nib.Nifti1Image(stored, None, header=header)
-    raw_slope, raw_inter = image.header["scl_slope"], image.header["scl_inter"]
-    new.header["scl_slope"] = raw_slope
-    new.header["scl_inter"] = raw_inter
-    if np.all(np.isnan([raw_slope, raw_inter])) or raw_slope == 0:
-        new.header.set_slope_inter(1.0, 0.0)
+    new.header.set_slope_inter(*data_scaling(image))
     return new

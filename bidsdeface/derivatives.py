@@ -17,7 +17,14 @@ from . import __version__
 CODE_URL = "https://github.com/bidsdeface/bidsdeface"
 BIDS_VERSION = "1.10.0"
 TEMP_PREFIX = ".bidsdeface-tmp-"
-MASK_ENTITIES: tuple[str, ...] = ("sub", "ses", "task", "acq", "ce", "rec", "run")
+# BIDS entity order; a defacemask may carry only MASK_ENTITIES, so the others of its
+# source (echo, part, inv...) are folded into its desc label to keep names unique.
+ENTITY_ORDER: tuple[str, ...] = (
+    "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir", "run",
+    "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording", "chunk", "seg",
+    "res", "den", "label", "desc",
+)  # fmt: skip
+MASK_ENTITIES: frozenset[str] = frozenset({"sub", "ses", "task", "acq", "ce", "rec", "run", "chunk"})
 BIDSIGNORE_LINES: tuple[str, ...] = (
     "figures",
     "logs",
@@ -61,7 +68,7 @@ def split_bids_name(name: str) -> tuple[list[tuple[str, str]], str, str]:
     stem, dot, extension = name.partition(".")
     *pairs, suffix = stem.split("_")
     entities = [tuple(pair.split("-", 1)) for pair in pairs]
-    if any(len(entity) != 2 for entity in entities):
+    if not entities or entities[0][0] != "sub" or any(len(entity) != 2 for entity in entities):
         raise ValueError(f"{name}: not a BIDS file name")
     return [(key, value) for key, value in entities], suffix, dot + extension
 
@@ -89,11 +96,17 @@ def defaced_name(raw_name: str, extension: str | None = None) -> str:
 def mask_name(raw_name: str, extension: str | None = None) -> str:
     """Name of the defacing mask derivative (``mod-<suffix>_defacemask``).
 
-    >>> mask_name("sub-01_acq-mprage_echo-1_T1w.nii.gz")
-    'sub-01_acq-mprage_mod-T1w_defacemask.nii.gz'
+    >>> mask_name("sub-01_acq-mprage_run-1_T1w.nii.gz")
+    'sub-01_acq-mprage_run-1_mod-T1w_defacemask.nii.gz'
+    >>> mask_name("sub-01_echo-2_part-mag_T2starw.nii.gz")
+    'sub-01_mod-T2starw_desc-echo2partmag_defacemask.nii.gz'
     """
     entities, suffix, ext = split_bids_name(raw_name)
     kept = [(k, v) for k, v in entities if k in MASK_ENTITIES] + [("mod", suffix)]
+    folded = "".join(f"{k}{v}" for k, v in entities if k not in MASK_ENTITIES)
+    if folded:
+        kept.append(("desc", "".join(c for c in folded if c.isalnum())))
+    kept.sort(key=lambda entity: ENTITY_ORDER.index(entity[0]) if entity[0] in ENTITY_ORDER else len(ENTITY_ORDER))
     return join_bids_name(kept, "defacemask", ext if extension is None else extension)
 
 

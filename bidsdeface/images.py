@@ -17,6 +17,8 @@ MIN_HEAD_EXTENT_MM = 60.0
 MAX_HEAD_EXTENT_MM = 450.0
 MIN_SLICES = 4
 HEAD_CLOSING_MM = 6.0
+HEAD_MASK_RESOLUTION_MM = 2.0
+MIN_HEAD_VARIATION = 0.10
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,13 @@ def load_scan(path: Path) -> Scan:
         raise ScanError(f"{path}: not a NIfTI-1/2 image")
     shape = image.shape
     if len(shape) < 3 or min(shape[:3]) < MIN_SLICES:
-        raise ScanError(f"{path}: {len(shape)}D image with shape {shape}; a 3D head volume is required")
+        raise ScanError(
+            f"{path}: image with shape {shape} has fewer than {MIN_SLICES} slices along an axis; "
+            "a 3D head volume is required"
+        )
     if len(shape) > 4 and any(n > 1 for n in shape[4:]):
         raise ScanError(f"{path}: image with shape {shape} has more than 4 dimensions")
-    volumes = data.reshape(shape[:3] + (-1,)).astype(np.float32, copy=False)
+    volumes = data.reshape((*shape[:3], -1)).astype(np.float32, copy=False)
     if not np.all(np.isfinite(volumes)):
         raise ScanError(f"{path}: image contains NaN or infinite values")
     if not np.any(volumes != volumes.flat[0]):
@@ -118,6 +123,17 @@ def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: 
     -------
     numpy.ndarray of bool
     """
+    step = [max(1, int(HEAD_MASK_RESOLUTION_MM // z)) for z in zooms]
+    if max(step) > 1:
+        coarse = head_mask(
+            volume[tuple(slice(0, None, k) for k in step)],
+            tuple(z * k for z, k in zip(zooms, step, strict=True)),
+            threshold,
+        )
+        nearest = [
+            np.minimum(np.arange(n) // k, c - 1) for n, k, c in zip(volume.shape, step, coarse.shape, strict=True)
+        ]
+        return coarse[np.ix_(*nearest)]
     if threshold is None:
         low, high = np.percentile(volume, [0.5, 99.5])
         clipped = np.clip(volume, low, high)
@@ -147,23 +163,24 @@ def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def check_head_extent(mask: np.ndarray, zooms: tuple[float, float, float], path: Path) -> None:
-    """Refuse images whose foreground is too small or too large to be a head.
+def check_head_plausible(volume: np.ndarray, mask: np.ndarray, zooms: tuple[float, float, float], path: Path) -> None:
+    """Refuse images whose foreground cannot be a head: wrong size, or no anatomy inside.
 
     Raises
     ------
     ScanError
-        The foreground bounding box is outside the plausible range of a head.
+        The foreground bounding box is outside the plausible range of a head, or
+        the foreground is nearly uniform (a phantom or a synthetic block).
     """
     if not mask.any():
         raise ScanError(f"{path}: no foreground found; not a head image")
+    inside = volume[mask]
+    variation = float(inside.std() / max(abs(float(inside.mean())), 1e-6))
+    if variation < MIN_HEAD_VARIATION:
+        raise ScanError(f"{path}: foreground is nearly uniform (variation {variation:.2f}); not a head image")
     idx = np.nonzero(mask)
     extents = [(int(i.max()) - int(i.min()) + 1) * z for i, z in zip(idx, zooms, strict=True)]
     if max(extents) < MIN_HEAD_EXTENT_MM or sorted(extents)[1] < MIN_HEAD_EXTENT_MM / 2:
-        raise ScanError(
-            f"{path}: foreground spans {[round(e) for e in extents]} mm; too small to be a head"
-        )
+        raise ScanError(f"{path}: foreground spans {[round(e) for e in extents]} mm; too small to be a head")
     if min(extents) > MAX_HEAD_EXTENT_MM:
-        raise ScanError(
-            f"{path}: foreground spans {[round(e) for e in extents]} mm; too large to be a head"
-        )
+        raise ScanError(f"{path}: foreground spans {[round(e) for e in extents]} mm; too large to be a head")

@@ -38,7 +38,9 @@ from .tools import run
 
 log = logging.getLogger(__name__)
 
-DEIDENTIFICATION_METHOD = "bidsdeface: face removal with brain protection; identifying sidecar keys and NIfTI text removed"
+DEIDENTIFICATION_METHOD = (
+    "bidsdeface: face removal with brain protection; identifying sidecar keys and NIfTI text removed"
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class OutputPaths:
 
     @classmethod
     def for_job(cls, config: Config, job: ScanJob) -> OutputPaths:
+        """Return the output paths of ``job``."""
         folder = config.output_dir / Path(job.relpath).parent
         name = job.path.name
         return cls(
@@ -87,6 +90,7 @@ class OutputPaths:
         )
 
     def complete(self) -> bool:
+        """Return whether every output exists (a finished scan)."""
         return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar))
 
 
@@ -104,7 +108,7 @@ class _Timer:
 
 
 def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
-    """A uint8 image of ``mask`` with ``like``'s affine and qform/sform codes."""
+    """Return ``mask`` as a uint8 image with ``like``'s affine and qform/sform codes."""
     image = nib.Nifti1Image(mask.astype(np.uint8), like.affine)
     image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
     image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
@@ -176,7 +180,8 @@ def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
             )
     except BidsDefaceError as exc:
         return ScanOutcome(job.relpath, "failed", str(exc), seconds=timer.seconds)
-    except (MemoryError, OSError) as exc:
+    except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
+        log.debug("%s: traceback", job.relpath, exc_info=True)
         return ScanOutcome(job.relpath, "failed", f"{job.path}: {type(exc).__name__}: {exc}", seconds=timer.seconds)
     metrics: dict[str, Any] = {
         "registration_score": round(registration.score, 4),
@@ -222,9 +227,9 @@ def validate_input(config: Config) -> None:
     started = time.perf_counter()
     result = run(["bids-validator-deno", str(config.bids_dir), "--no-color"], ok_codes=(0, 16), timeout=600)
     if result.returncode != 0:
-        summary = [line.strip() for line in result.stdout.splitlines() if "[ERROR]" in line]
+        summary = "; ".join([line.strip() for line in result.stdout.splitlines() if "[ERROR]" in line][:3])
         raise InputValidationError(
-            f"{config.bids_dir}: the BIDS validator reports errors ({'; '.join(summary[:3]) or 'see bids-validator-deno'}); "
+            f"{config.bids_dir}: the BIDS validator reports errors ({summary or 'run bids-validator-deno'}); "
             "fix them or pass --skip-bids-validation"
         )
     log.info("input dataset is valid BIDS (%.1f s)", time.perf_counter() - started)
@@ -287,9 +292,14 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
             log.info(
                 "[%d/%d] %s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); "
                 "brain voxels touched %d",
-                index, len(jobs), job.relpath, sum(s.values()),
+                index,
+                len(jobs),
+                job.relpath,
+                sum(s.values()),
                 ", ".join(f"{k} {v:.1f}" for k, v in s.items()),
-                m["registration_score"], m["face_voxels_removed"], 100 * m["face_removed_fraction"],
+                m["registration_score"],
+                m["face_voxels_removed"],
+                100 * m["face_removed_fraction"],
                 m["brain_voxels_touched"],
             )
         if on_outcome is not None:

@@ -1,11 +1,13 @@
 """Register the head template to a scan with ANTs, robust to orientation and field of view.
 
-Recipe: both images go to 2 mm; a similarity transform is fitted first on smoothed
-head masks (modality-free, wide capture range) from the head's centre of mass, then
-an affine on intensities with mutual information. When the result scores poorly,
-the same is tried from other starting rotations and the best score wins. The score
-is the Dice overlap of the warped template head with the scan's own head mask,
-inside the scan's field of view.
+Recipe: a pose search at 4 mm tries ten starting rotations (the header's pose first);
+from each, a similarity transform is fitted on smoothed head masks (modality-free, wide
+capture range, centres of mass aligned), then a short affine on intensities with mutual
+information (MI). The header's pose and the best other pose are refined at 2 mm; another
+pose replaces the header's only when its MI is clearly higher (heads are blobs, so shape
+overlap alone cannot tell a head from the same head turned round). The reported score is
+the Dice overlap of the warped template head with the scan's own head mask, inside the
+scan's field of view and the template's; scans scoring below the configured minimum fail.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from scipy.spatial.transform import Rotation
 
 from .config import Config
 from .errors import RegistrationError
-from .images import Scan, check_head_extent, head_mask
+from .images import Scan, check_head_plausible, head_mask
 from .templates import Template
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,12 @@ def _centre_of_mass_lps(image: ants.ANTsImage, mask: np.ndarray) -> np.ndarray:
 
 
 def _initial_transform(
-    fixed: ants.ANTsImage, fixed_mask: np.ndarray, moving: ants.ANTsImage, moving_mask: np.ndarray,
-    angles_ras: tuple[float, float, float], path: Path,
+    fixed: ants.ANTsImage,
+    fixed_mask: np.ndarray,
+    moving: ants.ANTsImage,
+    moving_mask: np.ndarray,
+    angles_ras: tuple[float, float, float],
+    path: Path,
 ) -> str:
     """Write a rigid start: rotate about the scan's head centre, align the centres.
 
@@ -158,11 +164,17 @@ class _Level:
         fixed = ants.resample_image(scan, zooms, use_voxels=False, interp_type=0)
         moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
         fixed_mask = head_mask(fixed.numpy(), zooms, threshold=threshold)
-        check_head_extent(fixed_mask, zooms, path)
+        check_head_plausible(fixed.numpy(), fixed_mask, zooms, path)
         moving_mask = head_mask(moving.numpy(), zooms)
         return cls(
-            fixed, fixed_mask, _normalised(fixed, fixed_mask), _smoothed_mask(fixed, fixed_mask),
-            moving, moving_mask, _normalised(moving, moving_mask), _smoothed_mask(moving, moving_mask),
+            fixed,
+            fixed_mask,
+            _normalised(fixed, fixed_mask),
+            _smoothed_mask(fixed, fixed_mask),
+            moving,
+            moving_mask,
+            _normalised(moving, moving_mask),
+            _smoothed_mask(moving, moving_mask),
         )
 
     def fit(
@@ -171,10 +183,16 @@ class _Level:
         """Affine mutual-information fit from ``initial``; scored by head overlap and MI."""
         started = time.perf_counter()
         result = ants.registration(
-            fixed=self.fixed_norm, moving=self.moving_norm, type_of_transform="Affine",
-            initial_transform=initial, outprefix=str(work_dir / f"{name}_aff_"), aff_metric="mattes",
-            aff_iterations=iterations, aff_shrink_factors=shrink,
-            aff_smoothing_sigmas=tuple(s // 2 for s in shrink), aff_random_sampling_rate=MI_SAMPLING_RATE,
+            fixed=self.fixed_norm,
+            moving=self.moving_norm,
+            type_of_transform="Affine",
+            initial_transform=initial,
+            outprefix=str(work_dir / f"{name}_aff_"),
+            aff_metric="mattes",
+            aff_iterations=iterations,
+            aff_shrink_factors=shrink,
+            aff_smoothing_sigmas=tuple(s // 2 for s in shrink),
+            aff_random_sampling_rate=MI_SAMPLING_RATE,
         )
         transforms = tuple(result["fwdtransforms"])
         mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
@@ -189,7 +207,10 @@ class _Level:
         )
         log.debug(
             "pose %s: head overlap %.3f, mutual information %.4f (%.1f s)",
-            name, score, mutual_information, time.perf_counter() - started,
+            name,
+            score,
+            mutual_information,
+            time.perf_counter() - started,
         )
         return _StartResult(name, transforms, score, mutual_information)
 
@@ -226,7 +247,7 @@ def register_template(
     template : Template
         Bundled head template.
     config : Config
-        ``min_registration_score`` and ``random_seed``.
+        ``min_registration_score``.
     work_dir : Path, optional
         Where ANTs writes its transform files; a temporary folder by default
         (the files must outlive this call, so pass a folder you clean up).
@@ -254,9 +275,15 @@ def register_template(
             coarse.fixed, coarse.fixed_mask, coarse.moving, coarse.moving_mask, angles, work_dir / f"{name}_init.mat"
         )
         shape_fit = ants.registration(
-            fixed=coarse.fixed_blob, moving=coarse.moving_blob, type_of_transform="Similarity",
-            initial_transform=[init], outprefix=str(work_dir / f"{name}_sim_"), aff_metric="meansquares",
-            aff_iterations=(50, 25), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+            fixed=coarse.fixed_blob,
+            moving=coarse.moving_blob,
+            type_of_transform="Similarity",
+            initial_transform=[init],
+            outprefix=str(work_dir / f"{name}_sim_"),
+            aff_metric="meansquares",
+            aff_iterations=(50, 25),
+            aff_shrink_factors=(2, 1),
+            aff_smoothing_sigmas=(1, 0),
             aff_random_sampling_rate=0.2,
         )
         poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), (25,), work_dir))

@@ -94,8 +94,7 @@ SOURCES: dict[str, Source] = {
     "pydeface_facemask": Source(
         "pydeface/facemask.nii.gz",
         "8cba52c32c02e0cc28dd47606f6ef581b9c9804f1ae9d412da5a4addc57f0068",
-        "github poldracklab/pydeface : pydeface/data/facemask.nii.gz "
-        "@ 24919aa57efe77b6e140ab177a0d25a264e5b36c",
+        "github poldracklab/pydeface : pydeface/data/facemask.nii.gz @ 24919aa57efe77b6e140ab177a0d25a264e5b36c",
         "MIT (pydeface LICENSE.txt)",
     ),
     "mridefacer_head": Source(
@@ -107,15 +106,13 @@ SOURCES: dict[str, Source] = {
     "mridefacer_brain": Source(
         "mridefacer/head_tmpl_brain.nii.gz",
         "0f14b42f0aed09933f3b3400d692ba2d6c1feef5d59fa3994a4952c1f938ba82",
-        "github mih/mridefacer : data/head_tmpl_brain.nii.gz "
-        "@ c4709b44324376a3e3885efe8106a84fb0d43d2f",
+        "github mih/mridefacer : data/head_tmpl_brain.nii.gz @ c4709b44324376a3e3885efe8106a84fb0d43d2f",
         "MIT (mridefacer COPYING, Copyright (c) 2013 Michael Hanke)",
     ),
     "mridefacer_mask": Source(
         "mridefacer/face_teeth_ear_mask.nii.gz",
         "a2d64c45170e5725291f594fb7d038ebe2b09cdf99d85376a4f8c94df984084f",
-        "github mih/mridefacer : data/face_teeth_ear_mask.nii.gz "
-        "@ c4709b44324376a3e3885efe8106a84fb0d43d2f",
+        "github mih/mridefacer : data/face_teeth_ear_mask.nii.gz @ c4709b44324376a3e3885efe8106a84fb0d43d2f",
         "MIT (mridefacer COPYING, Copyright (c) 2013 Michael Hanke)",
     ),
 }
@@ -275,12 +272,7 @@ def make_grid(img: nib.spatialimages.SpatialImage, spacing: float) -> Grid:
     """
     shape = np.asarray(img.shape[:3], dtype=float)
     corners = np.array(
-        [
-            [i, j, k]
-            for i in (-0.5, shape[0] - 0.5)
-            for j in (-0.5, shape[1] - 0.5)
-            for k in (-0.5, shape[2] - 0.5)
-        ]
+        [[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5) for k in (-0.5, shape[2] - 0.5)]
     )
     world = nib.affines.apply_affine(img.affine, corners)
     low, high = world.min(axis=0), world.max(axis=0)
@@ -324,9 +316,7 @@ def resample(
     vox2vox = np.linalg.inv(src_affine) @ grid.affine
     ijk = np.indices(grid.shape).reshape(3, -1)
     coords = vox2vox[:3, :3] @ ijk + vox2vox[:3, 3:4]
-    out = ndi.map_coordinates(
-        np.asarray(data, dtype=np.float64), coords, order=order, mode=mode, cval=cval
-    )
+    out = ndi.map_coordinates(np.asarray(data, dtype=np.float64), coords, order=order, mode=mode, cval=cval)
     return out.reshape(grid.shape)
 
 
@@ -407,9 +397,7 @@ def write_nifti_gz(data: np.ndarray, grid: Grid, path: Path, dtype: type) -> Non
     struct.pack_into(f"{endian}ff", raw, 112, 1.0, 0.0)
     with (
         path.open("wb") as handle,
-        gzip.GzipFile(
-            filename="", mode="wb", fileobj=handle, compresslevel=9, mtime=0
-        ) as gz_handle,
+        gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=9, mtime=0) as gz_handle,
     ):
         gz_handle.write(raw)
     LOGGER.info("wrote %s (%d bytes)", path, path.stat().st_size)
@@ -665,9 +653,7 @@ class Registration:
             "affine": self._score(aff["fwdtransforms"]),
             "syn": self._score(syn["fwdtransforms"]),
         }
-        self.transforms = (
-            syn["fwdtransforms"] if scores["syn"] >= scores["affine"] else (aff["fwdtransforms"])
-        )
+        self.transforms = syn["fwdtransforms"] if scores["syn"] >= scores["affine"] else (aff["fwdtransforms"])
         LOGGER.info(
             "registration correlation: affine %.4f, affine+SyN %.4f -> using %s",
             scores["affine"],
@@ -692,10 +678,7 @@ class Registration:
         ants = self._ants
         warped = ants.apply_transforms(self.fixed, self.moving, transforms).numpy()
         inside = (
-            ants.apply_transforms(
-                self.fixed, self.moving_mask, transforms, interpolator="nearestNeighbor"
-            ).numpy()
-            > 0
+            ants.apply_transforms(self.fixed, self.moving_mask, transforms, interpolator="nearestNeighbor").numpy() > 0
         )
         return float(np.corrcoef(warped[inside], self.fixed.numpy()[inside])[0, 1])
 
@@ -934,12 +917,8 @@ def write_docs(out: Path, numbers: dict, reg_scores: dict[str, float]) -> None:
     sums = {name: sha256_file(out / name) for name in OUTPUT_NAMES}
     (out / "SHA256SUMS").write_text("".join(f"{sums[n]}  {n}\n" for n in OUTPUT_NAMES))
 
-    src_rows = "\n".join(
-        f"| `{s.relpath}` | {s.origin} | {s.licence} | `{s.sha256}` |" for s in SOURCES.values()
-    )
-    out_rows = "\n".join(
-        f"| `{n}` | {(out / n).stat().st_size} | `{sums[n]}` |" for n in OUTPUT_NAMES
-    )
+    src_rows = "\n".join(f"| `{s.relpath}` | {s.origin} | {s.licence} | `{s.sha256}` |" for s in SOURCES.values())
+    out_rows = "\n".join(f"| `{n}` | {(out / n).stat().st_size} | `{sums[n]}` |" for n in OUTPUT_NAMES)
     shape = "x".join(str(v) for v in numbers["grid_shape"])
     origin = "(" + ", ".join(f"{v:g}" for v in numbers["origin_mm"]) + ")"
     readme = f"""# bidsdeface templates
@@ -1144,9 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
         brain_img = nib.load(paths["mridefacer_brain"])
         brain_ind = (np.asanyarray(brain_img.dataobj) > 0).astype(np.float32)
         warped_brain = reg.warp(nib.Nifti1Image(brain_ind, brain_img.affine), "brain")
-        remove_img = load_mridefacer_mask_on_template_grid(
-            paths["mridefacer_mask"], paths["mridefacer_head"]
-        )
+        remove_img = load_mridefacer_mask_on_template_grid(paths["mridefacer_mask"], paths["mridefacer_head"])
         warped_ears = reg.warp(mridefacer_ear_components(remove_img), "ears")
 
     brain = build_brain(warped_brain)

