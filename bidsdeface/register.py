@@ -34,7 +34,9 @@ WORK_RESOLUTION_MM = 2.0
 MASK_SMOOTHING_MM = 6.0
 OTHER_POSE_MARGIN = 0.40
 POSE_SEARCH_RESOLUTION_MM = 4.0
-MI_SAMPLING_RATE = 0.1
+POSE_SEARCH_SAMPLING_RATE = 0.1
+REFINE_SAMPLING_RATE = 0.25
+REFINE_ITERATIONS = (60, 30)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Starting rotations (degrees about the RAS x, y, z axes): upright first, then the
@@ -178,7 +180,13 @@ class _Level:
         )
 
     def fit(
-        self, name: str, initial: list[str], shrink: tuple[int, ...], iterations: tuple[int, ...], work_dir: Path
+        self,
+        name: str,
+        initial: list[str],
+        shrink: tuple[int, ...],
+        iterations: tuple[int, ...],
+        work_dir: Path,
+        sampling: float = POSE_SEARCH_SAMPLING_RATE,
     ) -> _StartResult:
         """Affine mutual-information fit from ``initial``; scored by head overlap and MI."""
         started = time.perf_counter()
@@ -192,7 +200,7 @@ class _Level:
             aff_iterations=iterations,
             aff_shrink_factors=shrink,
             aff_smoothing_sigmas=tuple(s // 2 for s in shrink),
-            aff_random_sampling_rate=MI_SAMPLING_RATE,
+            aff_random_sampling_rate=sampling,
         )
         transforms = tuple(result["fwdtransforms"])
         mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
@@ -219,15 +227,17 @@ def _choose_start(results: list[_StartResult]) -> _StartResult:
     """Keep the header's pose unless another start explains the image clearly better.
 
     Head-shape overlap cannot tell a head from the same head turned round (heads are
-    blobs), so poses are compared by mutual information; the header's pose wins ties.
+    blobs), so poses are compared by mutual information; but MI against a T1w template
+    is weak for other contrasts, so a pose replaces the header's only when its MI is
+    clearly higher *and* its head shape fits at least as well.
     """
     upright, *others = results
     if not others:
         return upright
     challenger = others[0]
-    if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
-        return challenger
-    return upright
+    explains_intensities_better = challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN)
+    fits_shape_as_well = challenger.score >= upright.score
+    return challenger if explains_intensities_better and fits_shape_as_well else upright
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -247,7 +257,7 @@ def register_template(
     template : Template
         Bundled head template.
     config : Config
-        ``min_registration_score``.
+        ``min_registration_score`` and ``random_seed``.
     work_dir : Path, optional
         Where ANTs writes its transform files; a temporary folder by default
         (the files must outlive this call, so pass a folder you clean up).
@@ -264,6 +274,9 @@ def register_template(
         No starting rotation reaches ``config.min_registration_score``.
     """
     work_dir = Path(tempfile.mkdtemp(prefix="bidsdeface-reg-")) if work_dir is None else work_dir
+    # antspyx passes --random-seed to ANTs only through this module setting; a fixed
+    # seed makes the sampled mutual information, and so the chosen pose, repeatable.
+    ants.config._random_seed = config.random_seed
     scan_image = to_ants(scan.reference, scan.image.affine)
     template_image = to_ants(template.head, template.affine)
     fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path)
@@ -292,7 +305,10 @@ def register_template(
     contenders = [upright]
     if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
         contenders.append(challenger)
-    refined = [fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), (40, 20), work_dir) for r in contenders]
+    refined = [
+        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, REFINE_SAMPLING_RATE)
+        for r in contenders
+    ]
     chosen = _choose_start(refined)
     log.debug("pose %s chosen from %d starting poses", chosen.name, len(poses))
     best = Registration(chosen.transforms, chosen.score, chosen.name.removesuffix("_refined"), len(poses))

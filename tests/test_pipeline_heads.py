@@ -63,6 +63,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, dicom_heads: dict[str, P
             "participant",
             "--method",
             "blur",
+            "--remove-ears",
             "--participant-label",
             *BLUR_HEADS,
             "--skip-bids-validation",
@@ -185,3 +186,11 @@ def test_wrong_header_orientation_finds_the_same_face(heads_run: dict) -> None:
     turned = np.asanyarray(nib.load(_paths(heads_run, "ixiYaw180")[2]).dataobj) > 0
     dice = 2 * (plain & turned).sum() / (plain.sum() + turned.sum())
     assert dice > 0.85, f"mask overlap {dice:.2f}"
+
+
+@pytest.mark.parametrize("label", BLUR_HEADS)
+def test_remove_ears_removes_more_than_the_face(heads_run: dict, label: str) -> None:
+    face_only = np.asanyarray(nib.load(_paths(heads_run, label)[2]).dataobj) > 0
+    with_ears = np.asanyarray(nib.load(_paths(heads_run, label, "blurred")[2]).dataobj) > 0
+    ear_voxels_mm3 = (with_ears & ~face_only).sum() * np.prod(nib.load(_paths(heads_run, label)[2]).header.get_zooms())
+    assert ear_voxels_mm3 > 20_000, f"only {ear_voxels_mm3:.0f} mm3 of ears removed"
