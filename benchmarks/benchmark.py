@@ -4,7 +4,7 @@
 For every selected head a one-subject BIDS dataset is built in a temporary folder
 (DICOM series are converted first with ``dcm2niix``), then
 
-    python -m bidsdeface.cli BIDS OUT participant --skip-bids-validation -vv --omp-nthreads N
+    python -m bidsdeface.cli BIDS OUT participant --skip-bids-validation -v --omp-nthreads N
 
 runs in its own process.  The per-scan log line of
 :func:`bidsdeface.pipeline.run_participant` gives the stage timings, the
@@ -266,7 +266,7 @@ def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | Non
             str(root / "out"),
             "participant",
             "--skip-bids-validation",
-            "-vv",
+            "-v",
             "--omp-nthreads",
             str(omp_nthreads),
         ]

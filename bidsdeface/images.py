@@ -19,6 +19,7 @@ MIN_SLICES = 4
 HEAD_CLOSING_MM = 6.0
 HEAD_MASK_RESOLUTION_MM = 2.0
 MIN_HEAD_VARIATION = 0.10
+MIN_NEIGHBOUR_CORRELATION = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,32 @@ def load_scan(path: Path) -> Scan:
     if min(zooms) <= 0:
         raise ScanError(f"{path}: invalid voxel size {zooms}")
     reference = volumes.mean(axis=3) if volumes.shape[3] > 1 else volumes[..., 0]
+    smoothness = neighbour_correlation(reference)
+    if smoothness < MIN_NEIGHBOUR_CORRELATION:
+        raise ScanError(
+            f"{path}: neighbouring voxels are unrelated (correlation {smoothness:.2f}); noise, not a head image"
+        )
     return Scan(path=Path(path), image=image, reference=np.ascontiguousarray(reference, dtype=np.float32))
+
+
+def neighbour_correlation(volume: np.ndarray) -> float:
+    """Return the mean correlation of each voxel with its neighbour along each axis.
+
+    Images of anatomy are spatially smooth (close to 1); noise is not (close to 0).
+
+    >>> round(neighbour_correlation(np.add.outer(np.arange(8.0), np.arange(8.0))[..., None] * np.ones(8)), 2)
+    1.0
+    """
+    values = []
+    for axis in range(3):
+        sparse = [slice(None, None, 3)] * 3  # every third line is plenty, and fast
+        sparse[axis] = slice(None, -1)
+        first = volume[tuple(sparse)].ravel()
+        sparse[axis] = slice(1, None)
+        second = volume[tuple(sparse)].ravel()
+        if first.std() > 0 and second.std() > 0:
+            values.append(float(np.corrcoef(first, second)[0, 1]))
+    return float(np.mean(values)) if values else 0.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
