@@ -35,7 +35,7 @@ MASK_SMOOTHING_MM = 6.0
 OTHER_POSE_MARGIN = 0.40
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
-REFINE_SAMPLING_RATE = 0.25
+REFINE_SAMPLES = 120_000
 REFINE_ITERATIONS = (60, 30)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -305,8 +305,11 @@ def register_template(
     contenders = [upright]
     if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
         contenders.append(challenger)
+    # A fixed number of MI samples keeps refinement steady (too few make a flat cost
+    # function wander) and its cost independent of the field of view.
+    refine_sampling = min(1.0, REFINE_SAMPLES / fine.fixed.numpy().size)
     refined = [
-        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, REFINE_SAMPLING_RATE)
+        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, refine_sampling)
         for r in contenders
     ]
     chosen = _choose_start(refined)
