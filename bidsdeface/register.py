@@ -24,6 +24,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from .config import Config
+from .deface import dilate_mm
 from .errors import RegistrationError
 from .images import Scan, check_head_plausible, head_mask
 from .templates import Template
@@ -35,7 +36,8 @@ MASK_SMOOTHING_MM = 6.0
 OTHER_POSE_MARGIN = 0.40
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
-REFINE_SAMPLES = 120_000
+REFINE_SAMPLES = 250_000
+NEAR_HEAD_MM = 10.0
 REFINE_ITERATIONS = (60, 30)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -179,6 +181,10 @@ class _Level:
             _smoothed_mask(moving, moving_mask),
         )
 
+    def near_head(self) -> np.ndarray:
+        """Return the scan's head mask grown by NEAR_HEAD_MM (its surface and some air)."""
+        return dilate_mm(self.fixed_mask, tuple(self.fixed.spacing), NEAR_HEAD_MM)
+
     def fit(
         self,
         name: str,
@@ -187,8 +193,13 @@ class _Level:
         iterations: tuple[int, ...],
         work_dir: Path,
         sampling: float = POSE_SEARCH_SAMPLING_RATE,
+        near_head_only: bool = False,
     ) -> _StartResult:
-        """Affine mutual-information fit from ``initial``; scored by head overlap and MI."""
+        """Affine mutual-information fit from ``initial``; scored by head overlap and MI.
+
+        With ``near_head_only``, MI is sampled only in and around the scan's head, where
+        the information is (air is most of a large field of view).
+        """
         started = time.perf_counter()
         result = ants.registration(
             fixed=self.fixed_norm,
@@ -201,6 +212,7 @@ class _Level:
             aff_shrink_factors=shrink,
             aff_smoothing_sigmas=tuple(s // 2 for s in shrink),
             aff_random_sampling_rate=sampling,
+            mask=self.fixed.new_image_like(self.near_head().astype(np.float32)) if near_head_only else None,
         )
         transforms = tuple(result["fwdtransforms"])
         mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
@@ -307,9 +319,9 @@ def register_template(
         contenders.append(challenger)
     # A fixed number of MI samples keeps refinement steady (too few make a flat cost
     # function wander) and its cost independent of the field of view.
-    refine_sampling = min(1.0, REFINE_SAMPLES / fine.fixed.numpy().size)
+    refine_sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
     refined = [
-        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, refine_sampling)
+        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, refine_sampling, True)
         for r in contenders
     ]
     chosen = _choose_start(refined)

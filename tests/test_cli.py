@@ -151,3 +151,27 @@ def test_example_outputs(tmp_path: Path) -> None:
         assert mtime == 0
         with gzip.open(image) as stream:
             stream.read(348)
+
+
+def test_sessions_and_session_filter(tmp_path: Path) -> None:
+    """A dataset with sessions: only the chosen session is defaced, names carry ses-, output validates."""
+    import subprocess
+    import sys
+
+    bids = tmp_path / "bids"
+    shutil.copytree(EXAMPLE, bids)
+    anat = bids / "sub-01" / "anat"
+    for session in ("A", "B"):
+        target = bids / "sub-01" / f"ses-{session}" / "anat"
+        target.mkdir(parents=True)
+        for source in anat.iterdir():
+            shutil.copyfile(source, target / source.name.replace("sub-01_", f"sub-01_ses-{session}_"))
+    shutil.rmtree(anat)
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "--session-label", "ses-B", "--participant-label", "01"]) == 0
+    assert (out / "sub-01" / "ses-B" / "anat" / "sub-01_ses-B_desc-defaced_T1w.nii.gz").is_file()
+    assert (out / "sub-01" / "ses-B" / "anat" / "sub-01_ses-B_mod-T1w_defacemask.nii.gz").is_file()
+    assert not (out / "sub-01" / "ses-A").exists()
+    validator = Path(sys.executable).parent / "bids-validator-deno"
+    result = subprocess.run([str(validator), str(out), "--no-color"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:]

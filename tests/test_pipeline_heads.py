@@ -30,6 +30,7 @@ from .conftest import NIFTI_HEADS, SHARED, make_dataset, needs_shared, tree_dige
 pytestmark = [needs_shared, pytest.mark.slow]
 
 BRAIN_MARGIN_MM = 6.0
+REGISTRATION_TOLERANCE_MM = 4.0
 HEADS = [*NIFTI_HEADS, "trio", "prismaHFS", "prismaHFP", "ixiYaw180"]
 SUFFIX = {"clinicalT2": "T2w"}
 BLUR_HEADS = ["ixi", "prismaHFP"]
@@ -124,10 +125,11 @@ def test_face_removed_brain_identical(heads_run: dict, label: str) -> None:
     registration = register_template(scan, template, config)
     brain = warp_template_mask(scan, template.brain, template, registration)
     face = warp_template_mask(scan, template.face, template, registration)
-    brain_core = dilate_mm(brain, scan.zooms, BRAIN_MARGIN_MM - 3.0)
+    # two registrations of one scan agree to within about 2 mm (T2w, the weakest case)
+    brain_core = dilate_mm(brain, scan.zooms, BRAIN_MARGIN_MM - REGISTRATION_TOLERANCE_MM)
     assert not np.any(removed_mask & brain_core), "defacing touched the brain"
     assert np.array_equal(out_data[brain_core], raw_data[brain_core])
-    face_outside_brain = face & ~dilate_mm(brain, scan.zooms, BRAIN_MARGIN_MM + 3.0)
+    face_outside_brain = face & ~dilate_mm(brain, scan.zooms, BRAIN_MARGIN_MM + REGISTRATION_TOLERANCE_MM)
     zeroed = float((out_data[face_outside_brain] == 0).mean())
     assert zeroed > 0.9, f"only {zeroed:.0%} of the face region is background"
     # the face had signal before (for heads whose face is in the field of view)
