@@ -29,7 +29,15 @@ from .derivatives import (
     write_nifti_atomic,
 )
 from .discover import ScanJob, find_scans, read_dataset_description, read_metadata
-from .errors import EXIT_DATA, EXIT_OK, BidsDefaceError, InputValidationError, OutputError, UsageError
+from .errors import (
+    EXIT_DATA,
+    EXIT_OK,
+    BidsDefaceError,
+    InputValidationError,
+    NoInputError,
+    OutputError,
+    UsageError,
+)
 from .images import head_mask, load_scan
 from .register import register_template, warp_template_mask
 from .scrub import scrub_nifti_header, scrub_sidecar
@@ -316,8 +324,6 @@ def run_group(config: Config) -> int:
     int
         0, or 66 when there is nothing to summarise.
     """
-    from .errors import NoInputError
-
     defaced = sorted(config.output_dir.glob("sub-*/**/*_desc-defaced_*.nii.gz"))
     if not defaced:
         raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")

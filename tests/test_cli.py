@@ -133,7 +133,9 @@ def test_corrupt_sidecar_fails_that_scan(tmp_path: Path) -> None:
 def test_example_outputs(tmp_path: Path) -> None:
     """The README example: outputs, sidecars, dataset files, gzip headers."""
     out = tmp_path / "out"
+    assert main([str(EXAMPLE), str(out), "group"]) == 66  # nothing to summarise yet
     assert main([str(EXAMPLE), str(out), "participant"]) == 0
+    assert main([str(EXAMPLE), str(out), "group"]) == 0
     anat = out / "sub-01" / "anat"
     sidecar = json.loads((anat / "sub-01_desc-defaced_T1w.json").read_text())
     assert sidecar["SkullStripped"] is False
