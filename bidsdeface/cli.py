@@ -14,10 +14,12 @@ from . import __version__
 from .config import DEFAULT_SUFFIXES, METHODS, MRI_SUFFIXES, Config
 from .discover import clean_label
 from .errors import EXIT_INTERNAL, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, BidsDefaceError
+from .policy import SitePolicy, read_policy_file
 
 log = logging.getLogger("bidsdeface")
 
 ANALYSIS_LEVELS = ("participant", "group")
+DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +29,15 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         code = EXIT_UNKNOWN_LEVEL if "analysis_level" in message else EXIT_USAGE
         self.exit(code, f"{self.prog}: error: {message}\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults only where they say something (not for flags, empty lists or None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _positive_int(text: str) -> int:
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "usable input; 70 internal error; 73 cannot write the output. "
             "Example: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="output derivative dataset (created; outside bids_dir)")
@@ -126,6 +137,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not run the BIDS validator on the input",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
+    scrub = parser.add_argument_group(
+        "metadata scrubbing",
+        "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
+        "see bidsdeface/policy.py); participants, sessions and scans tables keep only allowed columns; "
+        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates and clock "
+        "times are shifted by one offset per subject (to 1925 or earlier) unless --drop-dates. Offsets "
+        "and pseudonyms are kept in a private folder outside OUTPUT_DIR.",
+    )
+    scrub.add_argument(
+        "--keep-sidecar-keys",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="also keep these sidecar keys (their text is screened for names, record numbers, dates "
+        "and phone numbers, and flagged)",
+    )
+    scrub.add_argument(
+        "--keep-columns",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="also keep these participants/sessions/scans table columns (screened and flagged likewise)",
+    )
+    scrub.add_argument(
+        "--scrub-policy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...]}',
+    )
+    scrub.add_argument(
+        "--drop-dates", action="store_true", help="remove dates and clock times instead of shifting them"
+    )
+    scrub.add_argument(
+        "--date-shift-key",
+        default=None,
+        metavar="SECRET",
+        help=f"derive each subject's date offset (and pseudonyms) from this secret and the label, so that "
+        f"every run and machine agrees; also read from ${DATE_SHIFT_KEY_ENV} (default: random offsets, "
+        "recorded in the private folder)",
+    )
+    scrub.add_argument(
+        "--pseudonymize",
+        action="store_true",
+        help="replace subject and session labels by pseudonyms in every output name, table and report",
+    )
+    scrub.add_argument(
+        "--private-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="private folder for date offsets and pseudonyms; never share it (default: OUTPUT_DIR-private, "
+        "beside OUTPUT_DIR)",
+    )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
     )
@@ -134,7 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the frozen run configuration from parsed arguments."""
+    """Build the frozen run configuration from parsed arguments.
+
+    Raises
+    ------
+    UsageError
+        The scrub policy file is unreadable or malformed.
+    """
+    site_policy = SitePolicy(tuple(args.keep_sidecar_keys), (), tuple(args.keep_columns))
+    if args.scrub_policy is not None:
+        site_policy = read_policy_file(args.scrub_policy).merged(site_policy)
     return Config(
         bids_dir=args.bids_dir.absolute(),
         output_dir=args.output_dir.absolute(),
@@ -151,6 +225,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         work_dir=None if args.work_dir is None else args.work_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
         overwrite=args.overwrite,
+        scrub_policy=site_policy,
+        drop_dates=args.drop_dates,
+        date_shift_key=args.date_shift_key or os.environ.get(DATE_SHIFT_KEY_ENV) or None,
+        pseudonymize=args.pseudonymize,
+        private_dir=None if args.private_dir is None else args.private_dir.absolute(),
     )
 
 

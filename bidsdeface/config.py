@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .policy import SitePolicy
 
 MRI_SUFFIXES: tuple[str, ...] = (
     "T1w",
@@ -53,6 +55,18 @@ class Config:
         Scratch folder; a temporary folder when None.
     skip_bids_validation, overwrite : bool
         Skip validating the input; redo scans that are already finished.
+    scrub_policy : SitePolicy
+        A site's additions to the scrub allow-lists (see :mod:`bidsdeface.policy`).
+    drop_dates : bool
+        Remove dates and clock times instead of shifting them.
+    date_shift_key : str or None
+        Secret from which date offsets and pseudonyms are derived; random when None.
+        Never shown in ``repr`` or logs.
+    pseudonymize : bool
+        Replace subject and session labels in every output.
+    private_dir : Path or None
+        Where offsets and pseudonyms are kept (never inside the output); beside
+        the output when None.
     """
 
     bids_dir: Path
@@ -72,9 +86,16 @@ class Config:
     skip_bids_validation: bool = False
     overwrite: bool = False
     random_seed: int = 20261123
+    scrub_policy: SitePolicy = field(default_factory=SitePolicy)
+    drop_dates: bool = False
+    date_shift_key: str | None = field(default=None, repr=False)
+    pseudonymize: bool = False
+    private_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.nprocs < 1 or self.omp_nthreads < 1:
             raise ValueError("nprocs and omp_nthreads must be >= 1")
+        if self.date_shift_key is not None and not self.date_shift_key:
+            raise ValueError("date_shift_key must not be empty")

@@ -13,6 +13,8 @@ from typing import Any
 import nibabel as nib
 
 from . import __version__
+from .config import Config
+from .policy import DEVICE_IDENTITY_KEYS
 
 CODE_URL = "https://github.com/bidsdeface/bidsdeface"
 BIDS_VERSION = "1.10.0"
@@ -31,22 +33,49 @@ BIDSIGNORE_LINES: tuple[str, ...] = (
     "*.html",
     "qc.tsv",
     "*_qc.json",
+    "*_scrub.json",
     "*_ct.nii.gz",
     "*_ct.nii",
     "*_ct.json",
 )
-DEIDENTIFICATION_CODES: tuple[dict[str, str], ...] = (
-    {
-        "CodeValue": "113100",
-        "CodingSchemeDesignator": "DCM",
-        "CodeMeaning": "Basic Application Confidentiality Profile",
-    },
-    {
-        "CodeValue": "113102",
-        "CodingSchemeDesignator": "DCM",
-        "CodeMeaning": "Clean Recognizable Visual Features Option",
-    },
+
+
+def _dcm_code(value: str, meaning: str) -> dict[str, str]:
+    return {"CodeValue": value, "CodingSchemeDesignator": "DCM", "CodeMeaning": meaning}
+
+
+BASIC_PROFILE_CODES: tuple[dict[str, str], ...] = (
+    _dcm_code("113100", "Basic Application Confidentiality Profile"),
+    _dcm_code("113102", "Clean Recognizable Visual Features Option"),
 )
+SHIFTED_DATES_CODE = _dcm_code("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+DEVICE_IDENTITY_CODE = _dcm_code("113109", "Retain Device Identity Option")
+
+
+def deidentification(config: Config, dates_shifted: bool) -> tuple[list[str], list[dict[str, str]]]:
+    """Return ``DeidentificationMethod`` and ``DeidentificationMethodCodeSequence`` for a run.
+
+    >>> methods, codes = deidentification(Config(Path("in"), Path("out")), dates_shifted=True)
+    >>> [code["CodeValue"] for code in codes]
+    ['113100', '113102', '113107']
+    """
+    removed = "face and ears" if config.remove_ears else "face"
+    methods = [
+        f"bidsdeface {__version__}: {removed} replaced ({config.method}); a dilated brain mask left bit-identical",
+        "sidecar keys outside the bidsdeface allow-list removed; NIfTI header text fields and extensions removed",
+        "dates and times shifted by one offset per subject" if dates_shifted else "dates and times removed",
+    ]
+    codes = list(BASIC_PROFILE_CODES)
+    if dates_shifted:
+        codes.append(SHIFTED_DATES_CODE)
+    if config.pseudonymize:
+        methods.append("subject and session labels replaced by pseudonyms")
+    kept = config.scrub_policy.keep_sidecar_keys
+    if kept:
+        methods.append(f"kept at the data provider's request: {', '.join(kept)}")
+    if set(kept) & DEVICE_IDENTITY_KEYS:
+        codes.append(DEVICE_IDENTITY_CODE)
+    return methods, codes
 
 
 DERIVATIVE_README = """# Defaced derivative dataset

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import BidsDefaceError, InputValidationError, NoFilesError, NoInputError, ScanError
+from .errors import InputValidationError, NoFilesError, NoInputError, ScanError
+from .jsonfiles import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,7 @@ def read_dataset_description(bids_dir: Path) -> dict[str, Any]:
     description = bids_dir / "dataset_description.json"
     if not description.is_file():
         raise InputValidationError(f"{description}: missing; {bids_dir} is not a BIDS dataset")
-    return _read_json_object(description, InputValidationError)
-
-
-def _read_json_object(path: Path, error: type[BidsDefaceError]) -> dict[str, Any]:
-    """Return the JSON object in ``path``, or raise ``error`` with a one-line reason."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path}: unreadable JSON ({exc})") from exc
-    if not isinstance(content, dict):
-        raise error(f"{path}: not a JSON object")
-    return content
+    return read_json_object(description, InputValidationError)
 
 
 def find_scans(config: Config) -> list[ScanJob]:
@@ -160,5 +149,5 @@ def read_metadata(image: Path) -> dict[str, Any]:
             parts = candidate.name[: -len(".json")].split("_")
             applies = parts[-1] == entities[-1] and set(parts[:-1]) <= set(entities[:-1])
             if applies and candidate.name != "dataset_description.json":
-                merged.update(_read_json_object(candidate, ScanError))
+                merged.update(read_json_object(candidate, ScanError))
     return merged

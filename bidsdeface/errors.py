@@ -65,6 +65,16 @@ class RegistrationError(ScanError):
     """Template-to-scan registration failed or scored too poorly to trust."""
 
 
+class ScrubError(ScanError):
+    """Scrubbing could not make a file safe; nothing of that scan is written (fail closed)."""
+
+
+class PrivateStateError(BidsDefaceError):
+    """The private mapping (date offsets, pseudonyms) is unreadable or disagrees with the key."""
+
+    exit_code = EXIT_USAGE
+
+
 class ToolError(BidsDefaceError):
     """An external program failed; the message names it, its version and stderr tail."""
 

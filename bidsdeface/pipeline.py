@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ import numpy as np
 from .config import Config
 from .deface import ScanMasks, deface_image, dilate_mm
 from .derivatives import (
-    DEIDENTIFICATION_CODES,
     defaced_name,
+    deidentification,
     mask_name,
     remove_stale_temporaries,
     write_dataset_files,
@@ -38,17 +39,21 @@ from .errors import (
     OutputError,
     UsageError,
 )
+from .identity import (
+    SubjectIdentity,
+    needs_private_folder,
+    prepare_private_folder,
+    private_folder,
+    resolve_identity,
+)
 from .images import head_mask, load_scan
+from .metadata import write_participants, write_scrub_record, write_subject_tables
 from .register import register_template, warp_template_mask
-from .scrub import scrub_nifti_header, scrub_sidecar
+from .scrub import screen_text, scrub_modality, scrub_nifti_header, scrub_sidecar
 from .templates import load_template
 from .tools import run
 
 log = logging.getLogger(__name__)
-
-DEIDENTIFICATION_METHOD = (
-    "bidsdeface: face removal with brain protection; identifying sidecar keys and NIfTI text removed"
-)
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,15 @@ class ScanOutcome:
     Attributes
     ----------
     relpath : str
-        Input path relative to the dataset root.
+        The scan's path relative to the dataset root, with output (possibly
+        pseudonymised) labels: safe to log and report.
     status : str
         ``done``, ``skipped`` (already finished) or ``failed``.
     message : str
         One line: the error for failures.
     metrics : dict
-        Registration score, voxel counts (see :class:`bidsdeface.deface.DefaceResult`).
+        Registration score, voxel counts (see :class:`bidsdeface.deface.DefaceResult`),
+        and ``scrub``: what scrubbing removed or changed (names only).
     seconds : dict
         Wall seconds per stage.
     """
@@ -86,10 +93,11 @@ class OutputPaths:
     mask_sidecar: Path
 
     @classmethod
-    def for_job(cls, config: Config, job: ScanJob) -> OutputPaths:
-        """Return the output paths of ``job``."""
-        folder = config.output_dir / Path(job.relpath).parent
-        name = job.path.name
+    def for_job(cls, config: Config, job: ScanJob, identity: SubjectIdentity) -> OutputPaths:
+        """Return the output paths of ``job`` (with the subject's output labels)."""
+        relpath = Path(identity.output_relpath(job.relpath))
+        folder = config.output_dir / relpath.parent
+        name = relpath.name
         return cls(
             image=folder / defaced_name(name, ".nii.gz"),
             sidecar=folder / defaced_name(name, ".json"),
@@ -124,8 +132,18 @@ def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
     return image
 
 
-def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
-    """Deface one scan and write its derivatives; never raises for bad data.
+def _hide_input_names(message: str, job: ScanJob, identity: SubjectIdentity, shown: str) -> str:
+    """Say ``message`` with output names only: input paths and labels never reach logs."""
+    message = message.replace(str(job.path), shown).replace(job.relpath, shown)
+    renames = {f"sub-{identity.label}": f"sub-{identity.output_label}"}
+    renames.update({f"ses-{old}": f"ses-{new}" for old, new in identity.sessions.items() if old})
+    for old in sorted(renames, key=len, reverse=True):
+        message = message.replace(old, renames[old])
+    return message
+
+
+def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> ScanOutcome:
+    """Deface and scrub one scan and write its derivatives; never raises for bad data.
 
     Parameters
     ----------
@@ -133,14 +151,17 @@ def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
         The scan.
     config : Config
         Run settings.
+    identity : SubjectIdentity
+        The subject's output labels and date offset.
 
     Returns
     -------
     ScanOutcome
     """
-    outputs = OutputPaths.for_job(config, job)
+    shown = identity.output_relpath(job.relpath)
+    outputs = OutputPaths.for_job(config, job, identity)
     if outputs.complete() and not config.overwrite:
-        return ScanOutcome(job.relpath, "skipped", "already defaced (use --overwrite to redo)")
+        return ScanOutcome(shown, "skipped", "already defaced (use --overwrite to redo)")
     timer = _Timer()
     try:
         with timer.stage("load"):
@@ -162,9 +183,16 @@ def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
         with timer.stage("deface"):
             result = deface_image(scan.image, masks, config)
         with timer.stage("write"):
-            clean_metadata, removed_keys = scrub_sidecar(metadata)
-            sources = [f"bids:raw:{job.relpath}"]
-            write_nifti_atomic(outputs.mask, scrub_nifti_header(_mask_image(result.removed, scan.image)))
+            modality = scrub_modality(job.suffix, job.datatype)
+            clean_metadata, sidecar_report = scrub_sidecar(
+                metadata, modality, config.scrub_policy, identity.date_offset
+            )
+            header_report = scrub_nifti_header(result.image)
+            mask = _mask_image(result.removed, scan.image)
+            scrub_nifti_header(mask)
+            sources = [f"bids:raw:{shown}"]
+            methods, codes = deidentification(config, identity.date_offset is not None)
+            write_nifti_atomic(outputs.mask, mask)
             write_json_atomic(
                 outputs.mask_sidecar,
                 {
@@ -174,7 +202,7 @@ def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
                     "Type": "Deface",
                 },
             )
-            write_nifti_atomic(outputs.image, scrub_nifti_header(result.image))
+            write_nifti_atomic(outputs.image, result.image)
             write_json_atomic(
                 outputs.sidecar,
                 {
@@ -182,22 +210,28 @@ def process_scan(job: ScanJob, config: Config) -> ScanOutcome:
                     "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
                     "SkullStripped": False,
                     "Sources": sources,
-                    "DeidentificationMethod": [DEIDENTIFICATION_METHOD],
-                    "DeidentificationMethodCodeSequence": list(DEIDENTIFICATION_CODES),
+                    "DeidentificationMethod": methods,
+                    "DeidentificationMethodCodeSequence": codes,
                 },
             )
     except BidsDefaceError as exc:
-        return ScanOutcome(job.relpath, "failed", str(exc), seconds=timer.seconds)
+        return ScanOutcome(shown, "failed", _hide_input_names(str(exc), job, identity, shown), seconds=timer.seconds)
     except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
-        log.debug("%s: traceback", job.relpath, exc_info=True)
-        return ScanOutcome(job.relpath, "failed", f"{job.path}: {type(exc).__name__}: {exc}", seconds=timer.seconds)
+        log.debug("%s: traceback:\n%s", shown, _hide_input_names(traceback.format_exc(), job, identity, shown))
+        message = _hide_input_names(f"{job.path}: {type(exc).__name__}: {exc}", job, identity, shown)
+        return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
     metrics: dict[str, Any] = {
         "registration_score": round(registration.score, 4),
         "registration_start": registration.start,
         **result.metrics,
-        "sidecar_keys_removed": removed_keys,
+        "scrub": {
+            outputs.sidecar.relative_to(config.output_dir).as_posix(): {
+                "Sidecar": sidecar_report.as_record(),
+                "NiftiHeader": header_report.as_record(),
+            }
+        },
     }
-    return ScanOutcome(job.relpath, "done", "", metrics, timer.seconds)
+    return ScanOutcome(shown, "done", "", metrics, timer.seconds)
 
 
 def check_paths(config: Config) -> None:
@@ -219,6 +253,14 @@ def check_paths(config: Config) -> None:
             pass
     except OSError as exc:
         raise OutputError(f"{config.output_dir}: cannot write to the output folder ({exc.strerror})") from exc
+    if needs_private_folder(config):
+        private = private_folder(config).resolve()
+        for shared, name in ((output_dir, "output folder"), (bids_dir, "input dataset")):
+            if private == shared or shared in private.parents:
+                raise UsageError(
+                    f"{private}: the private folder (date offsets, pseudonyms) must be outside the {name}; "
+                    "choose another --private-dir"
+                )
 
 
 def validate_input(config: Config) -> None:
@@ -247,17 +289,19 @@ def _init_worker(threads: int) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
 
 
-def _map_scans(jobs: list[ScanJob], config: Config) -> Iterator[tuple[ScanJob, ScanOutcome]]:
+def _map_scans(
+    jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
+) -> Iterator[tuple[ScanJob, ScanOutcome]]:
     if config.nprocs == 1 or len(jobs) == 1:
         _init_worker(config.omp_nthreads)
         for job in jobs:
-            yield job, process_scan(job, config)
+            yield job, process_scan(job, config, identities[job.subject])
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         max_workers=config.nprocs, mp_context=context, initializer=_init_worker, initargs=(config.omp_nthreads,)
     ) as pool:
-        futures = [(job, pool.submit(process_scan, job, config)) for job in jobs]
+        futures = [(job, pool.submit(process_scan, job, config, identities[job.subject])) for job in jobs]
         for job, future in futures:
             yield job, future.result()
 
@@ -284,36 +328,80 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     subjects = sorted({job.subject for job in jobs})
     log.info("%d scan(s) of %d subject(s) to process", len(jobs), len(subjects))
     write_dataset_files(config.output_dir, source_description)
-    for subject in subjects:
-        stale = remove_stale_temporaries(config.output_dir / f"sub-{subject}")
+    identities = _resolve_identities(config, jobs)
+    for identity in identities.values():
+        stale = remove_stale_temporaries(config.output_dir / f"sub-{identity.output_label}")
         if stale:
-            log.info("sub-%s: removed %d partial file(s) left by an interrupted run", subject, stale)
+            log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
     failed = 0
-    for index, (job, outcome) in enumerate(_map_scans(jobs, config), start=1):
+    scrub_records: dict[str, dict[str, Any]] = {subject: {} for subject in subjects}
+    for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
         failed += outcome.status == "failed"
+        progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
         if outcome.status == "failed":
-            log.error("[%d/%d] %s: FAILED: %s", index, len(jobs), job.relpath, outcome.message)
+            log.error("%s: FAILED: %s", progress, outcome.message)
         elif outcome.status == "skipped":
-            log.info("[%d/%d] %s: skipped, %s", index, len(jobs), job.relpath, outcome.message)
+            log.info("%s: skipped, %s", progress, outcome.message)
         else:
-            m, s = outcome.metrics, outcome.seconds
-            log.info(
-                "[%d/%d] %s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); "
-                "brain voxels touched %d",
-                index,
-                len(jobs),
-                job.relpath,
-                sum(s.values()),
-                ", ".join(f"{k} {v:.1f}" for k, v in s.items()),
-                m["registration_score"],
-                m["face_voxels_removed"],
-                100 * m["face_removed_fraction"],
-                m["brain_voxels_touched"],
-            )
+            _log_done(progress, outcome)
+            scrub_records[job.subject].update(outcome.metrics["scrub"])
         if on_outcome is not None:
             on_outcome(outcome)
+    for subject, identity in identities.items():
+        if (config.output_dir / f"sub-{identity.output_label}").is_dir():
+            tables = write_subject_tables(config, identity)
+            records = {**scrub_records[subject], **{name: {"Table": r.as_record()} for name, r in tables.items()}}
+            write_scrub_record(config, identity, records)
+    participants = write_participants(config)
+    if participants is not None and participants.removed:
+        log.info("participants.tsv: column(s) not shared: %s", ", ".join(participants.removed))
     log.info("finished: %d done or skipped, %d failed", len(jobs) - failed, failed)
     return EXIT_DATA if failed else EXIT_OK
+
+
+def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, SubjectIdentity]:
+    """Return each subject's output labels and date offset (creating private records as needed)."""
+    if needs_private_folder(config):
+        log.info("private mapping (date offsets, pseudonyms; never share it): %s", prepare_private_folder(config))
+    identities = {}
+    for subject in sorted({job.subject for job in jobs}):
+        sessions = sorted({job.session for job in jobs if job.subject == subject})
+        identity = resolve_identity(config, subject, sessions)
+        if not config.pseudonymize:
+            labels = [subject, *(session for session in sessions if session)]
+            if any(screen_text(label) for label in labels):
+                log.warning(
+                    "sub-%s: subject or session labels look like names, dates or record numbers; "
+                    "they appear in every output name unless you pass --pseudonymize",
+                    subject,
+                )
+        identities[subject] = identity
+    return identities
+
+
+def _log_done(progress: str, outcome: ScanOutcome) -> None:
+    m, s = outcome.metrics, outcome.seconds
+    log.info(
+        "%s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); brain voxels touched %d",
+        progress,
+        sum(s.values()),
+        ", ".join(f"{k} {v:.1f}" for k, v in s.items()),
+        m["registration_score"],
+        m["face_voxels_removed"],
+        100 * m["face_removed_fraction"],
+        m["brain_voxels_touched"],
+    )
+    for name, record in m["scrub"].items():
+        sidecar = record["Sidecar"]
+        log.info(
+            "%s: metadata: %d key(s) removed, %d date(s) shifted; header text fields cleared: %s",
+            name,
+            len(sidecar.get("Removed", [])),
+            len(sidecar.get("DatesShifted", [])),
+            ", ".join(record["NiftiHeader"].get("Removed", [])) or "none",
+        )
+        for key, kinds in sidecar.get("Flagged", {}).items():
+            log.warning("%s: kept key %s looks like it holds a %s; review it", name, key, " / ".join(kinds))
 
 
 def run_group(config: Config) -> int:
@@ -328,4 +416,5 @@ def run_group(config: Config) -> int:
     if not defaced:
         raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")
     log.info("group level: %d defaced scan(s) in %s", len(defaced), config.output_dir)
+    write_participants(config)
     return EXIT_OK

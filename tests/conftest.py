@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -72,6 +73,14 @@ def make_dataset(root: Path, scans: dict[str, Path | nib.Nifti1Image], suffix: s
             shutil.copyfile(source, target)
         (anat / f"sub-{label}_{name}.json").write_text(json.dumps({"Manufacturer": "test"}))
     return root
+
+
+def run_validator(dataset: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """Run the official BIDS validator (bids-validator-deno) on ``dataset``."""
+    from bidsdeface.tools import which
+
+    command = [which("bids-validator-deno"), str(dataset), "--no-color", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
 def convert_dicom(series: Path, out: Path) -> Path:

@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsdeface.cli import build_parser, main
+from bidsdeface.cli import build_parser, config_from_args, main
 
-from .conftest import EXAMPLE, SHARED, make_dataset, needs_shared, tree_digest
+from .conftest import EXAMPLE, SHARED, make_dataset, needs_shared, run_validator, tree_digest
 
 IXI = "mri_t1w_ixi012/IXI012-HH-1211_T1.nii.gz"
 
@@ -140,7 +140,11 @@ def test_example_outputs(tmp_path: Path) -> None:
     sidecar = json.loads((anat / "sub-01_desc-defaced_T1w.json").read_text())
     assert sidecar["SkullStripped"] is False
     assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
-    assert {c["CodeValue"] for c in sidecar["DeidentificationMethodCodeSequence"]} == {"113100", "113102"}
+    codes = {c["CodeValue"] for c in sidecar["DeidentificationMethodCodeSequence"]}
+    assert codes == {"113100", "113102", "113107"}  # dates shifted by default
+    record = json.loads((out / "sub-01" / "sub-01_scrub.json").read_text())
+    assert record["Files"]["sub-01/anat/sub-01_desc-defaced_T1w.json"]["NiftiHeader"]["Removed"] == ["extensions"]
+    assert (tmp_path / "out-private" / "subjects" / "sub-01.json").is_file()
     assert json.loads((anat / "sub-01_mod-T1w_defacemask.json").read_text())["SkullStripped"] is False
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
@@ -157,8 +161,6 @@ def test_example_outputs(tmp_path: Path) -> None:
 
 def test_sessions_and_session_filter(tmp_path: Path) -> None:
     """A dataset with sessions: only the chosen session is defaced, names carry ses-, output validates."""
-    import subprocess
-    import sys
 
     bids = tmp_path / "bids"
     shutil.copytree(EXAMPLE, bids)
@@ -174,6 +176,47 @@ def test_sessions_and_session_filter(tmp_path: Path) -> None:
     assert (out / "sub-01" / "ses-B" / "anat" / "sub-01_ses-B_desc-defaced_T1w.nii.gz").is_file()
     assert (out / "sub-01" / "ses-B" / "anat" / "sub-01_ses-B_mod-T1w_defacemask.nii.gz").is_file()
     assert not (out / "sub-01" / "ses-A").exists()
-    validator = Path(sys.executable).parent / "bids-validator-deno"
-    result = subprocess.run([str(validator), str(out), "--no-color"], capture_output=True, text=True, check=False)
+    result = run_validator(out)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ('{"keep_sidecar_keys": "SeriesDescription"}', "must be a list"),
+        ('{"keep": ["SeriesDescription"]}', "unknown scrub policy field"),
+        ("{not json", "unreadable JSON"),
+        ("[]", "not a JSON object"),
+    ],
+)
+def test_bad_scrub_policy_is_a_usage_error(
+    tmp_path: Path, policy: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(policy)
+    code = main([str(EXAMPLE), str(tmp_path / "out"), "participant", "--scrub-policy", str(policy_file)])
+    assert code == 64
+    assert message in caplog.text
+
+
+def test_private_folder_inside_the_output_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    code = main([str(EXAMPLE), str(out), "participant", "--private-dir", str(out / "keys")])
+    assert code == 64
+    assert "must be outside the output folder" in caplog.text
+    assert not (out / "keys").exists()
+
+
+def test_policy_file_and_options_merge(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text('{"keep_sidecar_keys": ["SeriesDescription"], "drop_sidecar_keys": ["SAR"]}')
+    options = ["--keep-sidecar-keys", "StationName", "--keep-columns", "group2", "--date-shift-key", "s3cr3t-key"]
+    args = build_parser().parse_args(
+        [str(EXAMPLE), str(tmp_path / "out"), "participant", "--scrub-policy", str(policy_file), *options]
+    )
+    config = config_from_args(args)
+    assert config.scrub_policy.keep_sidecar_keys == ("SeriesDescription", "StationName")
+    assert config.scrub_policy.drop_sidecar_keys == ("SAR",)
+    assert config.scrub_policy.keep_columns == ("group2",)
+    assert config.date_shift_key == "s3cr3t-key"
+    assert "s3cr3t" not in repr(config)  # the secret never reaches logs through the config

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 from bidsdeface import derivatives
+from bidsdeface.config import Config
 from bidsdeface.derivatives import (
     atomic_path,
     defaced_name,
+    deidentification,
     mask_name,
     remove_stale_temporaries,
     write_dataset_files,
 )
+from bidsdeface.policy import SitePolicy
 
 
 def test_names() -> None:
@@ -51,3 +54,13 @@ def test_dataset_files_identical_for_every_writer(tmp_path: Path) -> None:
     description = json.loads(first["dataset_description.json"])
     assert description["SourceDatasets"] == [{"DOI": "doi:10.1/x"}]
     assert description["License"] == "CC0"
+
+
+def test_deidentification_codes_follow_what_was_done(tmp_path: Path) -> None:
+    kept_device = Config(tmp_path, tmp_path / "out", scrub_policy=SitePolicy(keep_sidecar_keys=("StationName",)))
+    methods, codes = deidentification(kept_device, dates_shifted=False)
+    assert [code["CodeValue"] for code in codes] == ["113100", "113102", "113109"]
+    assert "dates and times removed" in methods and any("StationName" in method for method in methods)
+    methods, codes = deidentification(Config(tmp_path, tmp_path / "out", pseudonymize=True), dates_shifted=True)
+    assert [code["CodeValue"] for code in codes] == ["113100", "113102", "113107"]
+    assert any("pseudonyms" in method for method in methods)

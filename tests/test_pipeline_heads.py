@@ -8,8 +8,6 @@ input and against an independent registration of the same template.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -25,7 +23,7 @@ from bidsdeface.images import load_scan
 from bidsdeface.register import register_template, warp_template_mask
 from bidsdeface.templates import load_template
 
-from .conftest import NIFTI_HEADS, SHARED, make_dataset, needs_shared, tree_digest
+from .conftest import NIFTI_HEADS, SHARED, make_dataset, needs_shared, run_validator, tree_digest
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -90,12 +88,7 @@ def test_run_succeeds_and_input_untouched(heads_run: dict) -> None:
 
 
 def test_output_is_valid_bids(heads_run: dict) -> None:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "bids-validator-deno"), str(heads_run["out"]), "--no-color"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_validator(heads_run["out"])
     assert result.returncode == 0, result.stdout[-3000:]
 
 

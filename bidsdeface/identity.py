@@ -1,0 +1,245 @@
+"""Per-subject secrets: the date offset and the pseudonyms, and the private folder that keeps them.
+
+With ``--date-shift-key`` both come from HMAC-SHA256 of the key and the label, so
+any machine derives the same values; without a key they are random. Either way
+they are recorded once per subject in the private folder (never inside the
+output), so re-runs, new sessions and cluster array tasks agree. Each subject has
+its own file, created atomically, so concurrent runs on different subjects share
+no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .derivatives import join_bids_name, split_bids_name, write_bytes_atomic
+from .errors import PrivateStateError
+from .jsonfiles import read_json_object
+
+log = logging.getLogger(__name__)
+
+# Shifts of 110 to 120 years land every date before 2035 in 1925 or earlier (BIDS advice).
+MIN_SHIFT_DAYS = 40177
+SHIFT_SPAN_DAYS = 3653
+SECONDS_PER_DAY = 86400
+SUBJECT_PSEUDONYM_CHARS = 10
+SESSION_PSEUDONYM_CHARS = 6
+PRIVATE_README = """This folder re-identifies the subjects of a bidsdeface output. Keep it private.
+
+subjects/sub-<original label>.json holds each subject's pseudonym, session pseudonyms
+and date offset (seconds added to every date and time). Never share this folder, and
+never put it inside the shared dataset. Deleting it makes later runs use new offsets
+and pseudonyms (unless --date-shift-key is given, which derives the same ones again).
+"""
+
+
+@dataclass(frozen=True)
+class SubjectIdentity:
+    """How one subject appears in the output.
+
+    Attributes
+    ----------
+    label : str
+        The input label (never written to the output when pseudonymised).
+    output_label : str
+        The label used in output names, tables and reports.
+    date_offset : timedelta or None
+        Added to every date and time of the subject; None when dates are dropped.
+    sessions : dict
+        Input session label -> output session label.
+    """
+
+    label: str
+    output_label: str
+    date_offset: timedelta | None
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    def output_session(self, session: str) -> str:
+        """Return the output label of input session ``session``."""
+        return self.sessions.get(session, session)
+
+    def output_relpath(self, relpath: str) -> str:
+        """Rename the subject and session labels in a dataset-relative path.
+
+        >>> who = SubjectIdentity("01", "x7", None, {"pre": "a1"})
+        >>> who.output_relpath("sub-01/ses-pre/anat/sub-01_ses-pre_T1w.nii.gz")
+        'sub-x7/ses-a1/anat/sub-x7_ses-a1_T1w.nii.gz'
+        """
+        parts = []
+        for part in relpath.split("/"):
+            if part == f"sub-{self.label}":
+                part = f"sub-{self.output_label}"
+            elif part.startswith("ses-") and "_" not in part:
+                part = f"ses-{self.output_session(part[4:])}"
+            elif part.startswith("sub-"):
+                entities, suffix, extension = split_bids_name(part)
+                renamed = [
+                    (key, self.output_label if key == "sub" else self.output_session(value) if key == "ses" else value)
+                    for key, value in entities
+                ]
+                part = join_bids_name(renamed, suffix, extension)
+            parts.append(part)
+        return "/".join(parts)
+
+
+def private_folder(config: Config) -> Path:
+    """Return the private folder: ``--private-dir``, or ``<OUTPUT_DIR>-private`` beside the output."""
+    if config.private_dir is not None:
+        return config.private_dir
+    return config.output_dir.parent / f"{config.output_dir.name}-private"
+
+
+def needs_private_folder(config: Config) -> bool:
+    """Return whether this run shifts dates or pseudonymises (and so keeps private state)."""
+    return config.pseudonymize or not config.drop_dates
+
+
+def _keyed_number(key: str, purpose: str, *labels: str) -> int:
+    message = "\0".join((purpose, *labels)).encode()
+    return int.from_bytes(hmac.new(key.encode(), message, hashlib.sha256).digest()[:16], "big")
+
+
+def _offset_seconds(number: int) -> int:
+    days = MIN_SHIFT_DAYS + number % SHIFT_SPAN_DAYS
+    seconds = (number // SHIFT_SPAN_DAYS) % SECONDS_PER_DAY
+    return -(days * SECONDS_PER_DAY + seconds)
+
+
+def _pseudonym(number: int, length: int) -> str:
+    return f"{number:032x}"[:length]
+
+
+def keyed_identity(key: str, label: str) -> tuple[int, str]:
+    """Return the date offset (seconds) and pseudonym that ``key`` gives subject ``label``.
+
+    >>> keyed_identity("secret", "01") == keyed_identity("secret", "01")
+    True
+    >>> keyed_identity("secret", "01") != keyed_identity("secret", "02")
+    True
+    """
+    return (
+        _offset_seconds(_keyed_number(key, "date-offset", label)),
+        _pseudonym(_keyed_number(key, "subject", label), SUBJECT_PSEUDONYM_CHARS),
+    )
+
+
+def _session_pseudonym(key: str | None, label: str, session: str, taken: set[str]) -> str:
+    if key is not None:
+        return _pseudonym(_keyed_number(key, "session", label, session), SESSION_PSEUDONYM_CHARS)
+    while True:
+        candidate = secrets.token_hex(SESSION_PSEUDONYM_CHARS // 2)
+        if candidate not in taken:
+            return candidate
+
+
+def _reserve_pseudonym(folder: Path, pseudonym: str) -> bool:
+    """Claim ``pseudonym`` for one subject; False if another subject has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / f"sub-{pseudonym}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _new_record(key: str | None, label: str, private: Path) -> dict[str, Any]:
+    if key is not None:
+        offset, pseudonym = keyed_identity(key, label)
+        _reserve_pseudonym(private / "pseudonyms", pseudonym)
+    else:
+        offset = _offset_seconds(secrets.randbits(128))
+        pseudonym = _pseudonym(secrets.randbits(128), SUBJECT_PSEUDONYM_CHARS)
+        while not _reserve_pseudonym(private / "pseudonyms", pseudonym):
+            pseudonym = _pseudonym(secrets.randbits(128), SUBJECT_PSEUDONYM_CHARS)
+    return {"participant_label": label, "pseudonym": pseudonym, "date_offset_seconds": offset, "sessions": {}}
+
+
+def _create_once(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` to ``path`` unless another process already did; return the winner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temp.write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return _read_record(path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return record
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    record = read_json_object(path, PrivateStateError)
+    if not {"pseudonym", "date_offset_seconds", "sessions"} <= set(record):
+        raise PrivateStateError(f"{path}: not a bidsdeface private mapping")
+    return record
+
+
+def prepare_private_folder(config: Config) -> Path:
+    """Create the private folder with its README; return it."""
+    private = private_folder(config)
+    (private / "subjects").mkdir(parents=True, exist_ok=True)
+    readme = private / "README.txt"
+    if not readme.is_file():
+        write_bytes_atomic(readme, PRIVATE_README.encode())
+    return private
+
+
+def resolve_identity(config: Config, label: str, sessions: list[str]) -> SubjectIdentity:
+    """Return how subject ``label`` and its ``sessions`` appear in the output.
+
+    Reads the subject's private record, creating it (or adding new sessions) when needed.
+
+    Raises
+    ------
+    PrivateStateError
+        The record is unreadable, or was made with a different ``--date-shift-key``.
+    """
+    if not needs_private_folder(config):
+        return SubjectIdentity(label, label, None, {session: session for session in sessions})
+    private = private_folder(config)
+    path = private / "subjects" / f"sub-{label}.json"
+    key = config.date_shift_key
+    record = _read_record(path) if path.is_file() else _create_once(path, _new_record(key, label, private))
+    if key is not None and (record["date_offset_seconds"], record["pseudonym"]) != keyed_identity(key, label):
+        raise PrivateStateError(
+            f"{path}: this subject's offsets and pseudonym were made with a different --date-shift-key "
+            "(or without one); use the original key, or another --private-dir to start afresh"
+        )
+    session_map: dict[str, str] = dict(record["sessions"])
+    missing = [session for session in sessions if session and session not in session_map]
+    for session in missing:
+        session_map[session] = _session_pseudonym(key, label, session, set(session_map.values()))
+    if missing:
+        record = {**record, "sessions": session_map}
+        write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+    return _identity(config, label, record)
+
+
+def known_identity(config: Config, label: str) -> SubjectIdentity | None:
+    """Return the identity of a subject already processed, without creating anything (None if unknown)."""
+    if not needs_private_folder(config):
+        return SubjectIdentity(label, label, None)
+    path = private_folder(config) / "subjects" / f"sub-{label}.json"
+    return _identity(config, label, _read_record(path)) if path.is_file() else None
+
+
+def _identity(config: Config, label: str, record: dict[str, Any]) -> SubjectIdentity:
+    return SubjectIdentity(
+        label=label,
+        output_label=record["pseudonym"] if config.pseudonymize else label,
+        date_offset=None if config.drop_dates else timedelta(seconds=record["date_offset_seconds"]),
+        sessions={
+            session: pseudonym if config.pseudonymize else session for session, pseudonym in record["sessions"].items()
+        },
+    )

@@ -1,0 +1,166 @@
+"""Dataset and subject tables (participants, sessions, scans) and the per-subject scrub record.
+
+Tables are rebuilt from the input and from what exists in the output, so a
+re-run, a resumed run or another subject's run writes consistent files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .derivatives import defaced_name, write_bytes_atomic, write_json_atomic
+from .errors import ScanError
+from .identity import SubjectIdentity, known_identity
+from .jsonfiles import read_json_object
+from .scrub import ScrubReport, Table, scrub_column_descriptions, scrub_table
+
+log = logging.getLogger(__name__)
+
+SCRUB_RECORD_DESCRIPTION = (
+    "What bidsdeface removed or changed in this subject's metadata. It names keys, columns "
+    "and header fields only, never their values."
+)
+
+
+def scrub_record_path(output_dir: Path, identity: SubjectIdentity) -> Path:
+    """Return the subject's scrub record path (listed in ``.bidsignore``)."""
+    label = identity.output_label
+    return output_dir / f"sub-{label}" / f"sub-{label}_scrub.json"
+
+
+def _read_table(path: Path, shown: str) -> Table | None:
+    try:
+        return Table.parse(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("%s: the source table is unreadable and was not carried (%s)", shown, type(exc).__name__)
+        return None
+
+
+def _column_descriptions(bids_dir: Path, source: Path, kind: str, shown: str) -> dict[str, Any]:
+    """Descriptions of ``source``'s columns: a dataset-level JSON overridden by one beside the table."""
+    merged: dict[str, Any] = {}
+    for candidate in (bids_dir / f"{kind}.json", source.with_suffix(".json")):
+        if candidate.is_file():
+            try:
+                merged.update(read_json_object(candidate, ScanError))
+            except ScanError:
+                log.warning("%s: a source column description file is not valid JSON; not carried", shown)
+    return merged
+
+
+def carry_table(
+    config: Config,
+    kind: str,
+    source: Path,
+    target: Path,
+    identity: SubjectIdentity | None,
+    relabel: Callable[[str], str | None],
+) -> ScrubReport | None:
+    """Scrub the table ``source`` (and its column descriptions) into ``target``.
+
+    Returns None, and writes nothing, when the source is missing or no row remains
+    (an existing output table is then left as it is).
+    """
+    if not source.is_file():
+        return None
+    shown = target.relative_to(config.output_dir).as_posix()  # logs name output files only
+    table = _read_table(source, shown)
+    if table is None:
+        return None
+    offset = identity.date_offset if identity is not None else None
+    clean, report = scrub_table(table, kind, config.scrub_policy, offset, relabel)
+    if not clean.rows:
+        return None
+    write_bytes_atomic(target, clean.to_text().encode())
+    descriptions = scrub_column_descriptions(_column_descriptions(config.bids_dir, source, kind, shown), clean.columns)
+    if descriptions:
+        write_json_atomic(target.with_suffix(".json"), descriptions)
+    return report
+
+
+def write_subject_tables(config: Config, identity: SubjectIdentity) -> dict[str, ScrubReport]:
+    """Write the subject's sessions and scans tables; return their scrub reports by output path."""
+    reports: dict[str, ScrubReport] = {}
+    subject_in, subject_out = f"sub-{identity.label}", f"sub-{identity.output_label}"
+    in_dir, out_dir = config.bids_dir / subject_in, config.output_dir / subject_out
+
+    def session_row(value: str) -> str | None:
+        session = value.removeprefix("ses-")
+        renamed = f"ses-{identity.output_session(session)}"
+        return renamed if (out_dir / renamed).is_dir() else None
+
+    sessions_name = f"{subject_out}_sessions.tsv"
+    report = carry_table(
+        config, "sessions", in_dir / f"{subject_in}_sessions.tsv", out_dir / sessions_name, identity, session_row
+    )
+    if report is not None:
+        reports[f"{subject_out}/{sessions_name}"] = report
+    for scans_in in sorted(in_dir.glob(f"**/{subject_in}*_scans.tsv")):
+        folder_rel = scans_in.parent.relative_to(config.bids_dir).as_posix()
+        folder_out = config.output_dir / identity.output_relpath(folder_rel)
+
+        def scan_row(filename: str, folder_rel: str = folder_rel, folder_out: Path = folder_out) -> str | None:
+            renamed = identity.output_relpath(f"{folder_rel}/{filename}")
+            try:
+                defaced = (Path(renamed).parent / defaced_name(Path(renamed).name)).as_posix()
+            except ValueError:
+                return None
+            relative = Path(defaced).relative_to(Path(identity.output_relpath(folder_rel))).as_posix()
+            return relative if (folder_out / relative).is_file() else None
+
+        target = config.output_dir / identity.output_relpath(scans_in.relative_to(config.bids_dir).as_posix())
+        report = carry_table(config, "scans", scans_in, target, identity, scan_row)
+        if report is not None:
+            reports[target.relative_to(config.output_dir).as_posix()] = report
+    return reports
+
+
+def write_participants(config: Config) -> ScrubReport | None:
+    """Rebuild ``participants.tsv`` for the subjects present in the output."""
+
+    def participant_row(value: str) -> str | None:
+        identity = known_identity(config, value.removeprefix("sub-"))
+        if identity is None:
+            return None
+        renamed = f"sub-{identity.output_label}"
+        return renamed if (config.output_dir / renamed).is_dir() else None
+
+    return carry_table(
+        config,
+        "participants",
+        config.bids_dir / "participants.tsv",
+        config.output_dir / "participants.tsv",
+        None,
+        participant_row,
+    )
+
+
+def write_scrub_record(
+    config: Config,
+    identity: SubjectIdentity,
+    file_records: dict[str, dict[str, Any]],
+) -> Path:
+    """Merge ``file_records`` (output name -> what was done) into the subject's scrub record."""
+    path = scrub_record_path(config.output_dir, identity)
+    files: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            files = dict(json.loads(path.read_text()).get("Files", {}))
+        except (OSError, ValueError, AttributeError):
+            files = {}
+    files.update(file_records)
+    record = {
+        "Description": SCRUB_RECORD_DESCRIPTION,
+        "GeneratedBy": f"bidsdeface {__version__}",
+        "Dates": "removed" if identity.date_offset is None else "shifted by one offset for all of this subject's files",
+        "LabelsPseudonymised": config.pseudonymize,
+        "Files": dict(sorted(files.items())),
+    }
+    write_json_atomic(path, record)
+    return path

@@ -1,0 +1,234 @@
+"""What metadata may leave: allow-lists of sidecar keys and table columns, and site policy files.
+
+Everything not listed here is removed, including keys never seen before. The lists
+hold acquisition physics and device type, never people, places, free text or
+device identity. ``IDENTIFYING_KEYS`` (the DICOM PS3.15 Basic Application
+Confidentiality Profile attributes, by keyword) is the fail-closed check: none
+of them may survive unless a user keeps it by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .jsonfiles import read_json_object
+
+COMMON_SIDECAR_KEYS: frozenset[str] = frozenset(
+    {
+        "AcquisitionDuration", "AcquisitionNumber", "AcquisitionVoxelSize", "BodyPart", "ConversionSoftware",
+        "ConversionSoftwareVersion", "ImageOrientationPatientDICOM", "ImageOrientationText", "ImageType",
+        "ImageTypeText", "Manufacturer", "ManufacturersModelName", "Modality", "PatientPosition", "RawImage",
+        "SeriesNumber", "SliceThickness", "SpacingBetweenSlices", "TablePosition",
+    }
+)  # fmt: skip
+MRI_SIDECAR_KEYS: frozenset[str] = frozenset(
+    {
+        "AcquisitionMatrixPE", "BandwidthPerPixelPhaseEncode", "BaseResolution", "CoilCombinationMethod",
+        "CompressedSensingFactor", "ContrastBolusIngredient", "DerivedVendorReportedEchoSpacing", "DwellTime",
+        "EchoNumber", "EchoTime", "EchoTime1", "EchoTime2", "EchoTrainLength", "EffectiveEchoSpacing",
+        "EstimatedEffectiveEchoSpacing", "EstimatedTotalReadoutTime", "FlipAngle", "FrequencyEncodingSteps",
+        "GradientSetType", "ImagingFrequency", "InPlanePhaseEncodingDirectionDICOM", "InternalPulseSequenceName",
+        "InversionTime", "MRAcquisitionType", "MRTransmitCoilSequence", "MTNumberOfPulses", "MTOffsetFrequency",
+        "MTPulseBandwidth", "MTPulseDuration", "MTPulseShape", "MTState", "MagneticFieldStrength", "MatrixCoilMode",
+        "MultiEchoShots", "MultibandAccelerationFactor", "NonlinearGradientCorrection", "NumberOfAverages",
+        "NumberOfExcitations", "NumberOfVolumesDiscardedByScanner", "NumberOfVolumesDiscardedByUser",
+        "NumberReceiveCoilActiveElements", "NumberShots", "NumberTransmitCoilActiveElements",
+        "ParallelAcquisitionTechnique", "ParallelReductionFactorInPlane", "ParallelReductionFactorOutOfPlane",
+        "PartialFourier", "PartialFourierDirection", "PartialFourierEnabled", "PercentPhaseFOV", "PercentSampling",
+        "PhaseEncodingAxis", "PhaseEncodingDirection", "PhaseEncodingSteps", "PhaseEncodingStepsNoPartialFourier",
+        "PhaseEncodingStepsOutOfPlane", "PhaseOversampling", "PhaseResolution", "PhilipsRWVIntercept",
+        "PhilipsRWVSlope", "PhilipsRescaleIntercept", "PhilipsRescaleSlope", "PhilipsScaleSlope", "PixelBandwidth",
+        "PostInversionDelay", "PulseSequenceDetails", "PulseSequenceName", "PulseSequenceType",
+        "ReceiveCoilActiveElements", "ReceiveCoilName", "ReconMatrixPE", "RefLinesPE", "RepetitionTime",
+        "RepetitionTimeExcitation", "RepetitionTimeInversion", "RepetitionTimePreparation", "ResonantNucleus", "SAR",
+        "ScanOptions", "ScanningSequence", "SequenceName", "SequenceVariant", "ShimSetting",
+        "SliceEncodingDirection", "SliceTiming", "SpoilingGradientDuration", "SpoilingGradientMoment",
+        "SpoilingRFPhaseIncrement", "SpoilingState", "SpoilingType", "TotalReadoutTime", "TransmitCoilName",
+        "TriggerDelayTime", "TxRefAmp", "UsePhilipsFloatNotDisplayScaling", "VariableFlipAngleFlag",
+        "VendorReportedEchoSpacing", "WaterFatShift",
+    }
+)  # fmt: skip
+PET_SIDECAR_KEYS: frozenset[str] = frozenset(
+    {
+        "AcquisitionMode", "AttenuationCorrection", "AttenuationCorrectionMethod",
+        "AttenuationCorrectionMethodReference", "ConvolutionKernel", "DecayCorrection", "DecayCorrectionFactor",
+        "DecayFactor", "DispersionCorrected", "DoseCalibrationFactor", "FrameDuration", "FrameReferenceTime",
+        "FrameTimesStart", "ImageDecayCorrected", "ImageDecayCorrectionTime", "InfusionRadioactivity",
+        "InfusionSpeed", "InfusionSpeedUnits", "InfusionStart", "InjectedMass", "InjectedMassPerWeight",
+        "InjectedMassPerWeightUnits", "InjectedMassUnits", "InjectedRadioactivity", "InjectedRadioactivityUnits",
+        "InjectedVolume", "InjectionEnd", "InjectionStart", "IsotopeHalfLife", "MetaboliteAvail",
+        "MetaboliteRecoveryCorrectionApplied", "ModeOfAdministration", "MolarActivity", "MolarActivityUnits",
+        "PharmaceuticalDoseAmount", "PharmaceuticalDoseRegimen", "PharmaceuticalDoseTime", "PharmaceuticalDoseUnits",
+        "PharmaceuticalName", "PlasmaAvail", "PromptRate", "Purity", "RadionuclideHalfLife",
+        "RadionuclidePositronFraction", "RandomRate", "RandomsCorrectionMethod", "ReconFilterSize",
+        "ReconFilterType", "ReconMethodImplementationVersion", "ReconMethodName", "ReconMethodParameterLabels",
+        "ReconMethodParameterUnits", "ReconMethodParameterValues", "ReconstructionMethod", "ScaleFactor",
+        "ScanStart", "ScatterCorrectionMethod", "ScatterFraction", "SinglesRate", "SpecificRadioactivity",
+        "SpecificRadioactivityUnits", "TracerMolecularWeight", "TracerMolecularWeightUnits", "TracerName",
+        "TracerRadLex", "TracerRadionuclide", "TracerSNOMED", "Units", "WholeBloodAvail", "WithdrawalRate",
+    }
+)  # fmt: skip
+CT_SIDECAR_KEYS: frozenset[str] = frozenset(
+    {
+        "CTDIvol", "ConvolutionKernel", "DataCollectionDiameter", "ExposureModulationType", "ExposureTime",
+        "FilterType", "GantryDetectorTilt", "KVP", "ReconstructionDiameter", "RevolutionTime",
+        "SingleCollimationWidth", "SpiralPitchFactor", "TableSpeed", "TotalCollimationWidth", "XRayExposure",
+        "XRayTubeCurrent",
+    }
+)  # fmt: skip
+MODALITY_SIDECAR_KEYS: dict[str, frozenset[str]] = {
+    "mri": COMMON_SIDECAR_KEYS | MRI_SIDECAR_KEYS,
+    "pet": COMMON_SIDECAR_KEYS | PET_SIDECAR_KEYS,
+    "ct": COMMON_SIDECAR_KEYS | CT_SIDECAR_KEYS,
+}
+
+# Dates and clock times: shifted by the subject's offset, or removed with --drop-dates.
+# Numbers under these keys (PET times relative to TimeZero) are kept as they are.
+CLOCK_KEYS: frozenset[str] = frozenset(
+    {
+        "AcquisitionDate", "AcquisitionDateTime", "AcquisitionTime", "ContentDate", "ContentTime", "InjectionEnd",
+        "InjectionStart", "MolarActivityMeasTime", "PharmaceuticalDoseTime", "RadiopharmaceuticalStartDateTime",
+        "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStopDateTime", "RadiopharmaceuticalStopTime", "ScanDate",
+        "ScanStart", "SeriesDate", "SeriesTime", "SpecificRadioactivityMeasTime", "StudyDate", "StudyTime",
+        "TimeZero",
+    }
+)  # fmt: skip
+# Clock times BIDS requires: a dropped or unreadable value becomes this placeholder.
+REQUIRED_CLOCK_PLACEHOLDERS: dict[str, dict[str, str]] = {"pet": {"TimeZero": "00:00:00"}}
+# Free text that BIDS requires for PET: kept, and screened like user-kept keys.
+SCREENED_SIDECAR_KEYS: frozenset[str] = frozenset({"AttenuationCorrection", "ReconMethodName", "TracerName"})
+# Keeping one of these means the dataset retains the device's identity (DICOM option 113109).
+DEVICE_IDENTITY_KEYS: frozenset[str] = frozenset({"DeviceSerialNumber", "StationName", "SoftwareVersions"})
+
+# DICOM PS3.15 Table E.1-1 (Basic Application Confidentiality Profile), by keyword.
+IDENTIFYING_KEYS: frozenset[str] = frozenset(
+    {
+        "AccessionNumber", "AcquisitionComments", "AcquisitionDate", "AcquisitionDateTime",
+        "AcquisitionDeviceProcessingDescription", "AcquisitionProtocolDescription", "AcquisitionTime",
+        "ActualHumanPerformersSequence", "AdditionalPatientHistory", "AdmissionID", "AdmittingDate",
+        "AdmittingDiagnosesCodeSequence", "AdmittingDiagnosesDescription", "AdmittingTime", "Allergies",
+        "AuthorObserverSequence", "BranchOfService", "CassetteID", "CommentsOnThePerformedProcedureStep",
+        "ConfidentialityConstraintOnPatientDataDescription", "ConsultingPhysicianName", "ContentCreatorName",
+        "ContentDate", "ContentTime", "ContrastBolusAgent", "ContributionDescription", "CountryOfResidence",
+        "CurrentPatientLocation", "CurveDate", "CurveTime", "CustodialOrganizationSequence", "DerivationDescription",
+        "DetectorID", "DeviceDescription", "DeviceSerialNumber", "DeviceUID", "DischargeDiagnosisDescription",
+        "DistributionAddress", "DistributionName", "DoseReferenceUID", "EthnicGroup",
+        "FillerOrderNumberImagingServiceRequest", "FrameComments", "FrameOfReferenceUID", "GantryID", "GeneratorID",
+        "HumanPerformerName", "HumanPerformerOrganization", "IdentifyingComments", "ImageComments",
+        "ImagePresentationComments", "ImagingServiceRequestComments", "Impressions", "InstanceCoercionDateTime",
+        "InstanceCreatorUID", "InstitutionAddress", "InstitutionCodeSequence", "InstitutionName",
+        "InstitutionalDepartmentName", "InsurancePlanIdentification", "InterpretationApproverSequence",
+        "InterpretationAuthor", "InterpretationDiagnosisDescription", "InterpretationIDIssuer",
+        "InterpretationRecorder", "InterpretationText", "InterpretationTranscriber", "IrradiationEventUID",
+        "IssuerOfAdmissionID", "IssuerOfPatientID", "IssuerOfServiceEpisodeID", "MedicalAlerts",
+        "MedicalRecordLocator", "MilitaryRank", "ModifiedImageDescription", "ModifyingDeviceID",
+        "NameOfPhysiciansReadingStudy", "NamesOfIntendedRecipientsOfResults", "Occupation",
+        "OperatorIdentificationSequence", "OperatorsName", "OrderCallbackPhoneNumber", "OrderEnteredBy",
+        "OrderEntererLocation", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "OverlayComments",
+        "OverlayDate", "OverlayTime", "PatientAddress", "PatientAge", "PatientBirthDate", "PatientBirthName",
+        "PatientBirthTime", "PatientComments", "PatientID", "PatientInstitutionResidence",
+        "PatientInsurancePlanCodeSequence", "PatientMotherBirthName", "PatientName",
+        "PatientPrimaryLanguageCodeSequence", "PatientReligiousPreference", "PatientSex", "PatientSexNeutered",
+        "PatientSize", "PatientState", "PatientTelecomInformation", "PatientTelephoneNumbers",
+        "PatientTransportArrangements", "PatientWeight", "PerformedLocation", "PerformedProcedureStepDescription",
+        "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedProcedureStepID",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "PerformedStationAETitle",
+        "PerformedStationName", "PerformingPhysicianIdentificationSequence", "PerformingPhysicianName",
+        "PersonAddress", "PersonIdentificationCodeSequence", "PersonName", "PersonTelephoneNumbers",
+        "PhysicianApprovingInterpretation", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
+        "PhysiciansReadingStudyIdentificationSequence", "PlacerOrderNumberImagingServiceRequest", "PlateID",
+        "PreMedication", "PregnancyStatus", "ProcedureStepDescription", "ProtocolName",
+        "RadiopharmaceuticalStartDateTime", "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStopDateTime",
+        "RadiopharmaceuticalStopTime", "ReasonForStudy", "ReasonForTheImagingServiceRequest",
+        "ReferencedPatientAliasSequence", "ReferencedPatientPhotoSequence", "ReferringPhysicianAddress",
+        "ReferringPhysicianIdentificationSequence", "ReferringPhysicianName", "ReferringPhysicianTelephoneNumbers",
+        "RegionOfResidence", "RequestAttributesSequence", "RequestedContrastAgent", "RequestedProcedureComments",
+        "RequestedProcedureDescription", "RequestedProcedureID", "RequestedProcedureLocation", "RequestingPhysician",
+        "RequestingService", "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments", "ResultsIDIssuer",
+        "ScheduledHumanPerformersSequence", "ScheduledPatientInstitutionResidence",
+        "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription", "ScheduledProcedureStepEndDate",
+        "ScheduledProcedureStepEndTime", "ScheduledProcedureStepLocation", "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime", "ScheduledStationAETitle", "ScheduledStationName",
+        "ScheduledStudyLocation", "ScheduledStudyLocationAETitle", "SeriesDate", "SeriesDescription",
+        "SeriesInstanceUID", "SeriesTime", "ServiceEpisodeDescription", "ServiceEpisodeID", "SmokingStatus",
+        "SOPInstanceUID", "SoftwareVersions", "SpecialNeeds", "StationName", "StorageMediaFileSetUID",
+        "StudyComments", "StudyDate", "StudyDescription", "StudyID", "StudyIDIssuer", "StudyInstanceUID",
+        "StudyTime", "SynchronizationFrameOfReferenceUID", "TextComments", "TextString", "TimezoneOffsetFromUTC",
+        "TopicAuthor", "TopicKeywords", "TopicSubject", "TopicTitle", "TransactionUID", "VerifyingObserverName",
+        "VerifyingObserverSequence", "VerifyingOrganization", "VisitComments",
+    }
+)  # fmt: skip
+
+# Table columns that may leave; any other column is dropped unless kept by name.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "participants": ("participant_id", "age", "sex", "handedness", "species", "strain", "strain_rrid", "group"),
+    "sessions": ("session_id", "acq_time", "age"),
+    "scans": ("filename", "acq_time"),
+}
+AGE_COLUMNS: frozenset[str] = frozenset({"age"})
+TIME_COLUMNS: frozenset[str] = frozenset({"acq_time"})
+# Column descriptions in participants.json and friends: only these fields leave.
+COLUMN_DESCRIPTION_FIELDS: frozenset[str] = frozenset(
+    {"LongName", "Description", "Levels", "Units", "TermURL", "Format", "Delimiter", "Minimum", "Maximum"}
+)
+POLICY_FILE_FIELDS: frozenset[str] = frozenset({"keep_sidecar_keys", "drop_sidecar_keys", "keep_columns"})
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """A site's additions to the built-in lists, from ``--scrub-policy`` and command-line options.
+
+    Attributes
+    ----------
+    keep_sidecar_keys : tuple of str
+        Keys kept in addition to the allow-list (their text is screened and flagged).
+    drop_sidecar_keys : tuple of str
+        Keys removed even though the allow-list has them.
+    keep_columns : tuple of str
+        Table columns kept in addition to ``TABLE_COLUMNS`` (screened and flagged).
+    """
+
+    keep_sidecar_keys: tuple[str, ...] = ()
+    drop_sidecar_keys: tuple[str, ...] = ()
+    keep_columns: tuple[str, ...] = ()
+
+    def merged(self, other: SitePolicy) -> SitePolicy:
+        """Return this policy with ``other``'s entries added (order kept, duplicates dropped)."""
+        return SitePolicy(
+            *(
+                tuple(dict.fromkeys(mine + theirs))
+                for mine, theirs in (
+                    (self.keep_sidecar_keys, other.keep_sidecar_keys),
+                    (self.drop_sidecar_keys, other.drop_sidecar_keys),
+                    (self.keep_columns, other.keep_columns),
+                )
+            )
+        )
+
+
+def read_policy_file(path: Path) -> SitePolicy:
+    """Read a site policy file.
+
+    The file is a JSON object with any of ``keep_sidecar_keys``,
+    ``drop_sidecar_keys`` and ``keep_columns``, each a list of names::
+
+        {"keep_sidecar_keys": ["SeriesDescription"], "drop_sidecar_keys": ["ReceiveCoilName"]}
+
+    Raises
+    ------
+    UsageError
+        The file is missing, not JSON, or has unknown fields or non-list values.
+    """
+    content = read_json_object(path, UsageError)
+    unknown = sorted(set(content) - POLICY_FILE_FIELDS)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown scrub policy field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(POLICY_FILE_FIELDS))}"
+        )
+    for name, value in content.items():
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise UsageError(f"{path}: '{name}' must be a list of names")
+    return SitePolicy(**{name: tuple(dict.fromkeys(value)) for name, value in content.items()})
