@@ -2,7 +2,7 @@
 """Time and measure the bidsdeface pipeline on real heads, one fresh process per head.
 
 For every selected head a one-subject BIDS dataset is built in a temporary folder
-(DICOM series are converted first with ``dcm2niix``), then
+(DICOM series are converted first with ``bidsdeface-convert``), then
 
     python -m bidsdeface.cli BIDS OUT participant --skip-bids-validation -v --omp-nthreads N
 
@@ -57,7 +57,7 @@ class Head:
     suffix : str
         BIDS suffix the scan gets in the temporary dataset.
     dicom : bool
-        Whether ``source`` is a DICOM folder to convert with dcm2niix first.
+        Whether ``source`` is a DICOM folder to convert with ``bidsdeface-convert`` first.
     """
 
     name: str
@@ -74,7 +74,9 @@ HEADS: tuple[Head, ...] = (
     Head("trio", "dicom_mri_t1w_siemens_trio_mprage", dicom=True),
     Head("prismaHFS", "dicom_mri_t1w_siemens_decubitus_HFS", dicom=True),
     Head("prismaHFP", "dicom_mri_t1w_siemens_decubitus_HFP", dicom=True),
+    Head("ct", "dicom_ct_head_ge_gantry_tilt", suffix="ct", dicom=True),
 )
+CONVERT_ENTRY = "import sys; from bidsdeface.cli import convert_main; sys.exit(convert_main(sys.argv[1:]))"
 HEADS_BY_NAME: dict[str, Head] = {head.name: head for head in HEADS}
 
 # The per-scan summary line written by bidsdeface.pipeline.run_participant, e.g.
@@ -107,6 +109,8 @@ class Result:
     stages: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None
     peak_rss_gb: float | None = None
+    convert_s: float | None = None
+    convert_rss_gb: float | None = None
     message: str = ""
 
 
@@ -157,9 +161,7 @@ def parse_log(text: str) -> LogSummary:
                 face_removed=int(done["face"]),
                 face_percent=float(done["percent"]),
                 brain_touched=int(done["brain"]),
-                stages={
-                    m["name"]: float(m["seconds"]) for m in STAGE_ITEM.finditer(done["stages"])
-                },
+                stages={m["name"]: float(m["seconds"]) for m in STAGE_ITEM.finditer(done["stages"])},
             )
         failed = FAILED_LINE.search(line)
         if failed:
@@ -167,43 +169,23 @@ def parse_log(text: str) -> LogSummary:
     return LogSummary()
 
 
-def convert_dicom(series: Path, out: Path) -> tuple[Path, Path | None]:
-    """Convert one DICOM series with the environment's dcm2niix (through bidsdeface's runner).
+def build_dataset(head: Head, shared: Path, root: Path, result: Result) -> Path:
+    """Build a one-subject BIDS dataset holding ``head``; return the scan's path.
 
-    Returns
-    -------
-    tuple of Path
-        The NIfTI image and its JSON sidecar (None if dcm2niix wrote none).
+    DICOM heads are converted by ``bidsdeface-convert`` in a child process, whose
+    wall time and peak memory go into ``result``.
     """
-    from bidsdeface.tools import run
-
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    run(["dcm2niix", "-b", "y", "-ba", "y", "-z", "y", "-f", "scan", "-o", str(out), str(series)])
-    images = sorted(
-        out.glob("scan*.nii.gz"), key=lambda p: (p.name != "scan.nii.gz", -p.stat().st_size)
-    )
-    if not images:
-        raise RuntimeError(f"dcm2niix wrote no scan*.nii.gz for {series}")
-    if len(images) > 1:
-        log.warning(
-            "%s: dcm2niix wrote %d images; using %s", series.name, len(images), images[0].name
-        )
-    image = images[0]
-    sidecar = image.with_name(image.name.removesuffix(".nii.gz") + ".json")
-    log.info("%s: converted with dcm2niix in %.1f s", series.name, time.perf_counter() - started)
-    return image, sidecar if sidecar.is_file() else None
-
-
-def build_dataset(head: Head, shared: Path, root: Path) -> Path:
-    """Build a one-subject BIDS dataset holding ``head``; return the scan's path."""
     source = shared / head.source
-    sidecar: Path | None = None
-    if head.dicom:
-        source, sidecar = convert_dicom(source, root / "dcm2niix")
     bids = root / "bids"
-    anat = bids / "sub-01" / "anat"
-    anat.mkdir(parents=True)
+    scan = bids / "sub-01" / "anat" / f"sub-01_{head.suffix}.nii.gz"
+    if head.dicom:
+        argv = [sys.executable, "-c", CONVERT_ENTRY, str(source), str(bids), "--participant-label", "01"]
+        code, result.convert_s, result.convert_rss_gb = run_child(argv, root / "convert.log")
+        if code != 0 or not scan.is_file():
+            raise RuntimeError(f"bidsdeface-convert failed for {head.name}: {(root / 'convert.log').read_text()}")
+        log.info("%s: converted by bidsdeface-convert in %.1f s", head.name, result.convert_s)
+        return scan
+    scan.parent.mkdir(parents=True)
     (bids / "dataset_description.json").write_text(
         json.dumps(
             {
@@ -214,10 +196,7 @@ def build_dataset(head: Head, shared: Path, root: Path) -> Path:
         )
     )
     (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
-    scan = anat / f"sub-01_{head.suffix}.nii.gz"
     shutil.copyfile(source, scan)
-    if sidecar is not None:
-        shutil.copyfile(sidecar, scan.with_name(scan.name.removesuffix(".nii.gz") + ".json"))
     return scan
 
 
@@ -233,9 +212,7 @@ def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as stream:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT, env=env
-        )
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT, env=env)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -254,7 +231,7 @@ def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | Non
     result = Result(head.name)
     with tempfile.TemporaryDirectory(prefix=f"bidsdeface-bench-{head.name}-") as scratch:
         root = Path(scratch)
-        scan = build_dataset(head, shared, root)
+        scan = build_dataset(head, shared, root, result)
         image = nib.load(scan)
         result.shape = "x".join(str(n) for n in image.shape)
         result.voxel_mm = "x".join(f"{z:.3g}" for z in image.header.get_zooms()[:3])
@@ -318,6 +295,8 @@ COLUMNS: tuple[str, ...] = (
     *(f"{stage} (s)" for stage in STAGES),
     "wall (s)",
     "peak RSS (GB)",
+    "convert wall (s)",
+    "convert RSS (GB)",
 )
 
 
@@ -342,6 +321,8 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
                 *(_fmt(r.stages.get(stage), ".1f") for stage in STAGES),
                 _fmt(r.wall_s, ".1f"),
                 _fmt(r.peak_rss_gb, ".2f"),
+                _fmt(r.convert_s, ".1f"),
+                _fmt(r.convert_rss_gb, ".2f"),
             ]
         )
     return rows
@@ -384,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
         description=(
-            "Benchmark bidsdeface on real heads (one fresh process per head). "
-            "Run it alone on an idle machine."
+            "Benchmark bidsdeface on real heads (one fresh process per head). Run it alone on an idle machine."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -410,15 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the table to FILE (TSV if it ends in .tsv, markdown otherwise)",
     )
-    parser.add_argument(
-        "--omp-nthreads", type=int, default=2, help="passed to bidsdeface --omp-nthreads"
-    )
-    parser.add_argument(
-        "--keep-logs", type=Path, default=None, metavar="DIR", help="copy each run's log to DIR"
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)"
-    )
+    parser.add_argument("--omp-nthreads", type=int, default=2, help="passed to bidsdeface --omp-nthreads")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy each run's log to DIR")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)")
     return parser
 
 
@@ -432,26 +406,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     heads = [HEADS_BY_NAME[name] for name in dict.fromkeys(args.heads)]
-    missing = [
-        str(args.shared / head.source) for head in heads if not (args.shared / head.source).exists()
-    ]
+    missing = [str(args.shared / head.source) for head in heads if not (args.shared / head.source).exists()]
     if missing:
         log.error("shared data not found: %s (use --shared)", ", ".join(missing))
         return 2
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5:
-        log.warning(
-            "load average is %.2f: the machine is not idle, timings will be inflated", load_at_start
-        )
+        log.warning("load average is %.2f: the machine is not idle, timings will be inflated", load_at_start)
     results = []
     for head in heads:
         try:
             results.append(benchmark_head(head, args.shared, args.omp_nthreads, args.keep_logs))
         except Exception as exc:  # a head that cannot be prepared must not stop the others
             log.error("%s: could not run: %s: %s", head.name, type(exc).__name__, exc)
-            results.append(
-                Result(head.name, status="not run", message=f"{type(exc).__name__}: {exc}")
-            )
+            results.append(Result(head.name, status="not run", message=f"{type(exc).__name__}: {exc}"))
     header = environment_line(args.omp_nthreads, load_at_start)
     markdown = f"{header}\n\n{markdown_table(results)}"
     sys.stdout.write(markdown)

@@ -7,13 +7,22 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .config import DEFAULT_SUFFIXES, METHODS, MRI_SUFFIXES, Config
+from .config import DEFAULT_SUFFIXES, METHODS, SUPPORTED_SUFFIXES, Config, ConvertConfig
 from .discover import clean_label
-from .errors import EXIT_INTERNAL, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, BidsDefaceError
+from .errors import (
+    EXIT_DATA,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_UNKNOWN_LEVEL,
+    EXIT_USAGE,
+    BidsDefaceError,
+    UsageError,
+)
 from .policy import SitePolicy, read_policy_file
 
 log = logging.getLogger("bidsdeface")
@@ -35,7 +44,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults only where they say something (not for flags, empty lists or None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, []) or "default:" in (action.help or ""):
+        if action.default in (None, False, [], "") or "default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -52,6 +61,65 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
     return value
+
+
+def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> None:
+    """Add the metadata scrubbing options (shared by ``bidsdeface`` and ``bidsdeface-convert``)."""
+    scrub = parser.add_argument_group(
+        "metadata scrubbing",
+        "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
+        "see bidsdeface/policy.py); participants, sessions and scans tables keep only allowed columns; "
+        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates and clock "
+        "times are shifted by one offset per subject (to 1925 or earlier) unless --drop-dates. Offsets "
+        "and pseudonyms are kept in a private folder outside the dataset written.",
+    )
+    scrub.add_argument(
+        "--keep-sidecar-keys",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="also keep these sidecar keys (their text is screened for names, record numbers, dates "
+        "and phone numbers, and flagged)",
+    )
+    scrub.add_argument(
+        "--keep-columns",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="also keep these participants/sessions/scans table columns (screened and flagged likewise)",
+    )
+    scrub.add_argument(
+        "--scrub-policy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...]}',
+    )
+    scrub.add_argument(
+        "--drop-dates", action="store_true", help="remove dates and clock times instead of shifting them"
+    )
+    scrub.add_argument(
+        "--date-shift-key",
+        default=None,
+        metavar="SECRET",
+        help=f"derive each subject's date offset (and pseudonyms) from this secret and the label, so that "
+        f"every run and machine agrees; also read from ${DATE_SHIFT_KEY_ENV} (default: random offsets, "
+        "recorded in the private folder)",
+    )
+    if pseudonymize:
+        scrub.add_argument(
+            "--pseudonymize",
+            action="store_true",
+            help="replace subject and session labels by pseudonyms in every output name, table and report",
+        )
+    scrub.add_argument(
+        "--private-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="private folder for date offsets and pseudonyms; never share it (default: the written dataset's "
+        "folder name + '-private', beside it)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--modalities",
         nargs="+",
         default=list(DEFAULT_SUFFIXES),
-        choices=MRI_SUFFIXES,
+        choices=SUPPORTED_SUFFIXES,
         metavar="SUFFIX",
-        help=f"BIDS suffixes to deface, from: {' '.join(MRI_SUFFIXES)}",
+        help=f"BIDS suffixes to deface, from: {' '.join(SUPPORTED_SUFFIXES)} (ct: anat/*_ct.nii.gz, in "
+        "Hounsfield units; removed voxels get the scan's own air value)",
     )
     parser.add_argument(
         "--method",
@@ -137,60 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not run the BIDS validator on the input",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
-    scrub = parser.add_argument_group(
-        "metadata scrubbing",
-        "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
-        "see bidsdeface/policy.py); participants, sessions and scans tables keep only allowed columns; "
-        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates and clock "
-        "times are shifted by one offset per subject (to 1925 or earlier) unless --drop-dates. Offsets "
-        "and pseudonyms are kept in a private folder outside OUTPUT_DIR.",
-    )
-    scrub.add_argument(
-        "--keep-sidecar-keys",
-        nargs="+",
-        default=[],
-        metavar="KEY",
-        help="also keep these sidecar keys (their text is screened for names, record numbers, dates "
-        "and phone numbers, and flagged)",
-    )
-    scrub.add_argument(
-        "--keep-columns",
-        nargs="+",
-        default=[],
-        metavar="COLUMN",
-        help="also keep these participants/sessions/scans table columns (screened and flagged likewise)",
-    )
-    scrub.add_argument(
-        "--scrub-policy",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...]}',
-    )
-    scrub.add_argument(
-        "--drop-dates", action="store_true", help="remove dates and clock times instead of shifting them"
-    )
-    scrub.add_argument(
-        "--date-shift-key",
-        default=None,
-        metavar="SECRET",
-        help=f"derive each subject's date offset (and pseudonyms) from this secret and the label, so that "
-        f"every run and machine agrees; also read from ${DATE_SHIFT_KEY_ENV} (default: random offsets, "
-        "recorded in the private folder)",
-    )
-    scrub.add_argument(
-        "--pseudonymize",
-        action="store_true",
-        help="replace subject and session labels by pseudonyms in every output name, table and report",
-    )
-    scrub.add_argument(
-        "--private-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="private folder for date offsets and pseudonyms; never share it (default: OUTPUT_DIR-private, "
-        "beside OUTPUT_DIR)",
-    )
+    _add_scrub_options(parser, pseudonymize=True)
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
     )
@@ -206,9 +222,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     UsageError
         The scrub policy file is unreadable or malformed.
     """
-    site_policy = SitePolicy(tuple(args.keep_sidecar_keys), (), tuple(args.keep_columns))
-    if args.scrub_policy is not None:
-        site_policy = read_policy_file(args.scrub_policy).merged(site_policy)
     return Config(
         bids_dir=args.bids_dir.absolute(),
         output_dir=args.output_dir.absolute(),
@@ -225,12 +238,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
         work_dir=None if args.work_dir is None else args.work_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
         overwrite=args.overwrite,
-        scrub_policy=site_policy,
-        drop_dates=args.drop_dates,
-        date_shift_key=args.date_shift_key or os.environ.get(DATE_SHIFT_KEY_ENV) or None,
         pseudonymize=args.pseudonymize,
-        private_dir=None if args.private_dir is None else args.private_dir.absolute(),
+        **_scrub_settings(args),
     )
+
+
+def _scrub_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the scrub fields shared by :class:`Config` and :class:`ConvertConfig`."""
+    site_policy = SitePolicy(tuple(args.keep_sidecar_keys), (), tuple(args.keep_columns))
+    if args.scrub_policy is not None:
+        site_policy = read_policy_file(args.scrub_policy).merged(site_policy)
+    return {
+        "scrub_policy": site_policy,
+        "drop_dates": args.drop_dates,
+        "date_shift_key": args.date_shift_key or os.environ.get(DATE_SHIFT_KEY_ENV) or None,
+        "private_dir": None if args.private_dir is None else args.private_dir.absolute(),
+    }
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -242,19 +265,11 @@ def _configure_logging(verbosity: int) -> None:
     log.setLevel(level)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (never raises for bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from .pipeline import run_group, run_participant
-
+def _guarded(work: Callable[[], int]) -> int:
+    """Run ``work``; turn every failure into a one-line error and its exit code (traceback with -v)."""
     started = time.perf_counter()
-    log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
     try:
-        config = config_from_args(args)
-        code = run_participant(config) if config.analysis_level == "participant" else run_group(config)
+        code = work()
     except BidsDefaceError as exc:
         log.debug("details", exc_info=True)
         log.error("%s: %s", type(exc).__name__, exc)
@@ -268,6 +283,128 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
     log.info("total %.1f s", time.perf_counter() - started)
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (never raises for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
+    from .pipeline import run_group, run_participant
+
+    log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
+
+    def work() -> int:
+        config = config_from_args(args)
+        return run_participant(config) if config.analysis_level == "participant" else run_group(config)
+
+    return _guarded(work)
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    """Return the ``bidsdeface-convert`` parser (pure: no I/O)."""
+    parser = _Parser(
+        prog="bidsdeface-convert",
+        description=(
+            "Convert a DICOM folder (a PACS export: any layout, any file names) into a BIDS dataset "
+            "whose sidecars, tables and file names are already de-identified, ready for "
+            "`bidsdeface BIDS_DIR OUTPUT_DIR participant`. Each series is classified (T1w, T2w, FLAIR, "
+            "PDw, CT, PET) from its DICOM attributes and dcm2niix's guess; localizers, derived images, "
+            "screen captures, dose reports, other body parts and broken series are skipped, and every "
+            "decision is listed with its reason in sub-<label>[_ses-<label>]_conversion.tsv. A folder "
+            "holding several patients or studies is refused unless --map says where each study goes. "
+            "DICOM_DIR is never written to."
+        ),
+        epilog=(
+            "Exit codes: 0 ok; 18 every series was skipped by rule; 64 usage error (e.g. several patients "
+            "without --map); 65 some series failed (the others were written); 66 no DICOM found; 70 "
+            "internal error; 73 cannot write BIDS_DIR. "
+            "Example: bidsdeface-convert /pacs/export/patient7 /data/ds --participant-label 07 --session-label pre"
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("dicom_dir", type=Path, help="folder searched recursively for DICOM files (read only)")
+    parser.add_argument("bids_dir", type=Path, help="BIDS dataset to write (created, or added to)")
+    who = parser.add_argument_group(
+        "who is who", "Give labels for a folder with one patient's single study, or a mapping for anything else."
+    )
+    who.add_argument("--participant-label", "--participant_label", default="", metavar="LABEL", help="subject label")
+    who.add_argument("--session-label", "--session_label", default="", metavar="LABEL", help="session label")
+    who.add_argument(
+        "--map",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TSV with columns study_instance_uid, participant_label and optionally session_label; "
+        "studies without a participant_label are left out",
+    )
+    who.add_argument(
+        "--write-map",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only list the studies found (with patient identifiers, so keep FILE private) as a mapping "
+        "to fill in, then exit",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace subjects or sessions already converted")
+    parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
+    _add_scrub_options(parser, pseudonymize=False)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug output and tracebacks")
+    parser.add_argument("--version", action="version", version=f"bidsdeface-convert {__version__}")
+    return parser
+
+
+def convert_config_from_args(args: argparse.Namespace) -> ConvertConfig:
+    """Build the frozen conversion configuration from parsed arguments.
+
+    Raises
+    ------
+    UsageError
+        Labels and mapping are missing, invalid or given together.
+    """
+    from .convert import check_label
+
+    if args.map is not None and (args.participant_label or args.session_label):
+        raise UsageError("give either --participant-label/--session-label or --map, not both")
+    if args.map is None and args.write_map is None and not args.participant_label:
+        raise UsageError("--participant-label is required (or --map for a folder with several studies)")
+    return ConvertConfig(
+        dicom_dir=args.dicom_dir.absolute(),
+        output_dir=args.bids_dir.absolute(),
+        participant_label=check_label(args.participant_label, "participant") if args.participant_label else "",
+        session_label=check_label(args.session_label, "session") if args.session_label else "",
+        mapping=None if args.map is None else args.map.absolute(),
+        overwrite=args.overwrite,
+        work_dir=None if args.work_dir is None else args.work_dir.absolute(),
+        **_scrub_settings(args),
+    )
+
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bidsdeface-convert``; return the exit code (never raises for bad input)."""
+    args = build_convert_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    from .convert import check_paths, convert, write_mapping_template
+    from .dicom import scan_dicom_folder
+
+    log.info("bidsdeface-convert %s", __version__)
+
+    def work() -> int:
+        if args.write_map is not None:
+            config = ConvertConfig(args.dicom_dir.absolute(), args.bids_dir.absolute(), participant_label="x")
+            check_paths(config)
+            studies = write_mapping_template(scan_dicom_folder(config.dicom_dir), args.write_map.absolute(), config)
+            log.info(
+                "wrote %d study(ies) to the mapping %s: it holds identifiers, keep it private", studies, args.write_map
+            )
+            return EXIT_OK
+        result = convert(convert_config_from_args(args))
+        converted, skipped, failed = (result.count(d) for d in ("converted", "skipped", "failed"))
+        log.info("finished: %d series converted, %d skipped by rule, %d failed", converted, skipped, failed)
+        return EXIT_DATA if failed else EXIT_OK
+
+    return _guarded(work)
 
 
 if __name__ == "__main__":

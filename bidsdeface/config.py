@@ -23,7 +23,9 @@ MRI_SUFFIXES: tuple[str, ...] = (
     "UNIT1",
     "MP2RAGE",
 )
-DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw")
+# CT as named today (BIDS has no CT yet): anat/*_ct.nii.gz, listed in .bidsignore.
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct")
+DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct")
 METHODS: tuple[str, ...] = ("zero", "blur")
 
 
@@ -99,3 +101,47 @@ class Config:
             raise ValueError("nprocs and omp_nthreads must be >= 1")
         if self.date_shift_key is not None and not self.date_shift_key:
             raise ValueError("date_shift_key must not be empty")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Everything a DICOM conversion needs (``bidsdeface-convert``).
+
+    Attributes
+    ----------
+    dicom_dir : Path
+        Folder searched recursively for DICOM files (never written to).
+    output_dir : Path
+        The BIDS dataset written (created when missing; other subjects in it are kept).
+    participant_label, session_label : str
+        Labels for a folder holding one patient's single study (without mapping).
+    mapping : Path or None
+        TSV assigning each study (StudyInstanceUID) a participant and session label.
+    overwrite : bool
+        Replace a subject/session already converted.
+    scrub_policy, drop_dates, date_shift_key, private_dir :
+        As in :class:`Config`: the same scrub rules and per-subject date offsets.
+    work_dir : Path or None
+        Scratch folder; a temporary folder when None.
+    """
+
+    dicom_dir: Path
+    output_dir: Path
+    participant_label: str = ""
+    session_label: str = ""
+    mapping: Path | None = None
+    overwrite: bool = False
+    scrub_policy: SitePolicy = field(default_factory=SitePolicy)
+    drop_dates: bool = False
+    date_shift_key: str | None = field(default=None, repr=False)
+    private_dir: Path | None = None
+    work_dir: Path | None = None
+    pseudonymize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pseudonymize:
+            raise ValueError("conversion uses the labels it is given; pseudonymise when defacing")
+        if self.date_shift_key is not None and not self.date_shift_key:
+            raise ValueError("date_shift_key must not be empty")
+        if self.mapping is None and not self.participant_label:
+            raise ValueError("a participant label or a mapping is required")

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, ConvertConfig
 from .derivatives import join_bids_name, split_bids_name, write_bytes_atomic
 from .errors import PrivateStateError
 from .jsonfiles import read_json_object
@@ -92,14 +92,14 @@ class SubjectIdentity:
         return "/".join(parts)
 
 
-def private_folder(config: Config) -> Path:
+def private_folder(config: Config | ConvertConfig) -> Path:
     """Return the private folder: ``--private-dir``, or ``<OUTPUT_DIR>-private`` beside the output."""
     if config.private_dir is not None:
         return config.private_dir
     return config.output_dir.parent / f"{config.output_dir.name}-private"
 
 
-def needs_private_folder(config: Config) -> bool:
+def needs_private_folder(config: Config | ConvertConfig) -> bool:
     """Return whether this run shifts dates or pseudonymises (and so keeps private state)."""
     return config.pseudonymize or not config.drop_dates
 
@@ -185,7 +185,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def prepare_private_folder(config: Config) -> Path:
+def prepare_private_folder(config: Config | ConvertConfig) -> Path:
     """Create the private folder with its README; return it."""
     private = private_folder(config)
     (private / "subjects").mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def prepare_private_folder(config: Config) -> Path:
     return private
 
 
-def resolve_identity(config: Config, label: str, sessions: list[str]) -> SubjectIdentity:
+def resolve_identity(config: Config | ConvertConfig, label: str, sessions: list[str]) -> SubjectIdentity:
     """Return how subject ``label`` and its ``sessions`` appear in the output.
 
     Reads the subject's private record, creating it (or adding new sessions) when needed.
@@ -226,7 +226,7 @@ def resolve_identity(config: Config, label: str, sessions: list[str]) -> Subject
     return _identity(config, label, record)
 
 
-def known_identity(config: Config, label: str) -> SubjectIdentity | None:
+def known_identity(config: Config | ConvertConfig, label: str) -> SubjectIdentity | None:
     """Return the identity of a subject already processed, without creating anything (None if unknown)."""
     if not needs_private_folder(config):
         return SubjectIdentity(label, label, None)
@@ -234,7 +234,7 @@ def known_identity(config: Config, label: str) -> SubjectIdentity | None:
     return _identity(config, label, _read_record(path)) if path.is_file() else None
 
 
-def _identity(config: Config, label: str, record: dict[str, Any]) -> SubjectIdentity:
+def _identity(config: Config | ConvertConfig, label: str, record: dict[str, Any]) -> SubjectIdentity:
     return SubjectIdentity(
         label=label,
         output_label=record["pseudonym"] if config.pseudonymize else label,

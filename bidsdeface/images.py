@@ -21,6 +21,9 @@ HEAD_MASK_RESOLUTION_MM = 2.0
 MIN_HEAD_VARIATION = 0.10
 MIN_NEIGHBOUR_CORRELATION = 0.5
 
+AIR_BIN_HU = 10.0
+CT_HEAD_ABOVE_AIR_HU = 500.0
+
 
 @dataclass(frozen=True)
 class Scan:
@@ -210,3 +213,27 @@ def check_head_plausible(volume: np.ndarray, mask: np.ndarray, zooms: tuple[floa
         raise ScanError(f"{path}: foreground spans {[round(e) for e in extents]} mm; too small to be a head")
     if min(extents) > MAX_HEAD_EXTENT_MM:
         raise ScanError(f"{path}: foreground spans {[round(e) for e in extents]} mm; too large to be a head")
+
+
+def air_value(volume: np.ndarray) -> float:
+    """Return the value of air around a CT head (about -1000 HU, whatever the storage offset).
+
+    The most common value, after leaving out the volume's minimum: scanners and
+    tilt correction pad outside the field of view with a value below air.
+
+    >>> volume = np.full((6, 6, 6), -1000.0); volume[0] = -3024; volume[2:, 2:, 2:] = 40
+    >>> air_value(volume)
+    -1000.0
+    """
+    values = volume[volume > volume.min()]
+    values = values if values.size else volume.ravel()
+    low, high = float(values.min()), float(values.max())
+    counts, edges = np.histogram(values, bins=max(1, int(np.ceil((high - low) / AIR_BIN_HU))), range=(low, high))
+    peak = int(np.argmax(counts))
+    in_peak = values[(values >= edges[peak]) & (values <= edges[peak + 1])]
+    return float(np.round(np.median(in_peak)))
+
+
+def ct_head_threshold(volume: np.ndarray) -> float:
+    """Return the CT foreground threshold: air plus 500 HU (between air and fat)."""
+    return air_value(volume) + CT_HEAD_ABOVE_AIR_HU

@@ -46,7 +46,7 @@ from .identity import (
     private_folder,
     resolve_identity,
 )
-from .images import head_mask, load_scan
+from .images import air_value, ct_head_threshold, head_mask, load_scan
 from .metadata import write_participants, write_scrub_record, write_subject_tables
 from .register import register_template, warp_template_mask
 from .scrub import screen_text, scrub_modality, scrub_nifti_header, scrub_sidecar
@@ -170,7 +170,9 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             template = load_template()
         with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
             with timer.stage("register"):
-                registration = register_template(scan, template, config, work_dir=Path(scratch))
+                is_ct = job.suffix == "ct"
+                threshold = ct_head_threshold(scan.reference) if is_ct else None
+                registration = register_template(scan, template, config, work_dir=Path(scratch), threshold=threshold)
             with timer.stage("masks"):
                 brain = warp_template_mask(scan, template.brain, template, registration)
                 masks = ScanMasks(
@@ -178,10 +180,11 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                     ears=warp_template_mask(scan, template.ears, template, registration),
                     brain=brain,
                     protect=dilate_mm(brain, scan.zooms, config.brain_margin_mm),
-                    head=head_mask(scan.reference, scan.zooms),
+                    head=head_mask(scan.reference, scan.zooms, threshold),
                 )
         with timer.stage("deface"):
-            result = deface_image(scan.image, masks, config)
+            background = air_value(scan.reference) if is_ct else 0.0
+            result = deface_image(scan.image, masks, config, background)
         with timer.stage("write"):
             modality = scrub_modality(job.suffix, job.datatype)
             clean_metadata, sidecar_report = scrub_sidecar(

@@ -28,6 +28,8 @@ DICOM_HEADS = {
     "prismaHFS": "dicom_mri_t1w_siemens_decubitus_HFS",
     "prismaHFP": "dicom_mri_t1w_siemens_decubitus_HFP",
 }
+DICOM_CT = "dicom_ct_head_ge_gantry_tilt"
+DICOM_SERIES = {**DICOM_HEADS, "ct": DICOM_CT}
 
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"shared real data not found at {SHARED} (set BIDSDEFACE_SHARED_DATA)"
@@ -102,6 +104,23 @@ def dicom_heads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         pytest.skip(f"shared real data not found at {SHARED}")
     out = tmp_path_factory.mktemp("dicom")
     return {name: convert_dicom(SHARED / folder, out / name) for name, folder in DICOM_HEADS.items()}
+
+
+@pytest.fixture(scope="session")
+def converted_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All shared DICOM series converted by ``bidsdeface-convert`` into one BIDS dataset (session-wide).
+
+    Subjects are named after :data:`DICOM_SERIES` keys.
+    """
+    from bidsdeface.cli import convert_main
+
+    if not SHARED.is_dir():
+        pytest.skip(f"shared real data not found at {SHARED}")
+    bids = tmp_path_factory.mktemp("converted") / "bids"
+    for label, folder in DICOM_SERIES.items():
+        code = convert_main([str(SHARED / folder), str(bids), "--participant-label", label, "--date-shift-key", "k"])
+        assert code == 0, label
+    return bids
 
 
 def canonical_data(path: Path) -> np.ndarray:

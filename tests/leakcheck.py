@@ -9,12 +9,36 @@ are written, because the whole tree is walked.
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_CLOCK_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
+
+
+class Markers:
+    """Unique strings, each planted in one place (``where`` maps marker -> place)."""
+
+    def __init__(self, prefix: str = "LEAK") -> None:
+        self.prefix = prefix
+        self.where: dict[str, str] = {}
+
+    def __call__(self, place: str) -> str:
+        marker = f"{self.prefix}{len(self.where):03d}Q"
+        self.where[marker] = place
+        return marker
+
+    def add(self, text: str, place: str) -> None:
+        self.where[text] = place
+
+
+def without_clock_stamps(log: str) -> str:
+    """Drop the log's own wall-clock stamps, which may equal a planted clock time by chance."""
+    return RUN_CLOCK_STAMP.sub("", log)
 
 
 def _png_text(data: bytes) -> Iterator[bytes]:
@@ -69,3 +93,70 @@ def find_leaks(root: Path, markers: Iterable[str], texts: dict[str, str] | None 
     for label, text in (texts or {}).items():
         hits |= {(label, marker) for needle, marker in needles.items() if needle in text.lower()}
     return sorted(hits)
+
+
+def _valid_forms(vr: str, n: int) -> list[str]:
+    """Unique valid values of a date, time, UID, decimal or age VR: the planted form first, then other spellings."""
+    if vr == "DA":
+        day = date(1931, 1, 1) + timedelta(days=97 * n)
+        return [day.strftime("%Y%m%d"), day.isoformat()]
+    if vr == "TM":
+        clock = f"{n % 24:02d}{(n * 7) % 60:02d}{(n * 13) % 60:02d}"
+        return [f"{clock}.{n:04d}71", f"{clock[:2]}:{clock[2:4]}:{clock[4:]}.{n:04d}"]
+    return {
+        "DT": [f"{1931 + n}0{n % 9 + 1}1{n % 9}0{n % 9}{n % 6}{n % 9}{n % 6}3.{n:04d}29"],
+        "UI": [f"2.25.{n + 100}{'8642097531' * 2}"],
+        "DS": [f"{n}.97531"],
+        "AS": [f"{n % 90 + 5:03d}Y"],
+    }.get(vr, [])
+
+
+def _dicom_value(vr: str, keyword: str, mark: Markers) -> str:
+    """A unique, valid value of ``vr`` for ``keyword``; its searchable forms are recorded in ``mark``."""
+    place = f"DICOM {keyword}"
+    forms = _valid_forms(vr, len(mark.where) + 1)
+    if not forms:
+        return mark(place)
+    for form in forms:
+        mark.add(form, place)
+    return forms[0]
+
+
+def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
+    """Copy a DICOM series with a unique marker in every PS3.15 Basic Profile attribute.
+
+    Text attributes get ``LEAKnnnQ`` markers; dates, times, UIDs, ages and decimals get
+    unique valid values; sequences get an item whose code meaning is a marker. File and
+    folder names carry markers too. Returns the number of attributes planted.
+    """
+    import pydicom
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataset import Dataset
+
+    from bidsdeface.policy import IDENTIFYING_KEYS
+
+    values: dict[int, tuple[str, object]] = {}
+    for keyword in sorted(IDENTIFYING_KEYS):
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            continue
+        vr = dictionary_VR(tag)
+        if vr == "SQ":
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = "X1", "99LEAK"
+            item.CodeMeaning = mark(f"DICOM {keyword} item")
+            values[tag] = (vr, [item])
+        elif vr in ("PN", "LO", "SH", "LT", "ST", "UT", "CS", "AE", "DA", "TM", "DT", "UI", "DS", "AS"):
+            values[tag] = (vr, _dicom_value(vr, keyword, mark))
+    folder = target / mark("DICOM folder name")
+    folder.mkdir(parents=True)
+    name_marker = mark("DICOM file name")
+    for index, path in enumerate(sorted(source.glob("*.dcm"))):
+        dataset = pydicom.dcmread(path)
+        for tag, (vr, value) in values.items():
+            if tag == tag_for_keyword("SOPInstanceUID"):
+                value = f"{value}.{index + 1}"
+                dataset.file_meta.MediaStorageSOPInstanceUID = value
+            dataset.add_new(tag, vr, value)
+        dataset.save_as(folder / f"{name_marker}_{index:04d}.dcm")
+    return len(values)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from bidsdeface.identity import keyed_identity
 from bidsdeface.policy import IDENTIFYING_KEYS
 
 from .conftest import NIFTI_HEADS, SHARED, needs_shared, run_validator, tree_digest
-from .leakcheck import find_leaks, readable_forms
+from .leakcheck import Markers, find_leaks, readable_forms, without_clock_stamps
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -39,24 +38,7 @@ ACQUIRED = {
     (SUBJECT_A, "20240322"): "2024-03-22T09:05:33.000000",
     (SUBJECT_B, "20240401"): "2024-04-01T17:48:51.500000",
 }
-# The log's own wall-clock stamps may equal a planted clock time by chance.
-RUN_CLOCK_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 REAL_SITE_KEYS = ("InstitutionName", "InstitutionAddress", "StationName", "ProcedureStepDescription")
-
-
-class Markers:
-    """Unique strings, each planted in one place."""
-
-    def __init__(self) -> None:
-        self.where: dict[str, str] = {}
-
-    def __call__(self, place: str) -> str:
-        marker = f"LEAK{len(self.where):03d}Q"
-        self.where[marker] = place
-        return marker
-
-    def add(self, text: str, place: str) -> None:
-        self.where[text] = place
 
 
 def _sidecar(real: dict, mark: Markers, subject: str, session: str) -> dict:
@@ -183,7 +165,7 @@ def test_no_planted_identifier_survives_anywhere(leak_run: dict) -> None:
     markers = leak_run["markers"]
     assert len(markers) > len(IDENTIFYING_KEYS) * 3
     result = leak_run["result"]
-    log = RUN_CLOCK_STAMP.sub("", result.stdout + result.stderr)
+    log = without_clock_stamps(result.stdout + result.stderr)
     hits = find_leaks(leak_run["out"], markers, {"log": log})
     assert hits == [], [f"{where}: {marker} (planted in {markers[marker]})" for where, marker in hits]
 

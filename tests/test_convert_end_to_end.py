@@ -1,0 +1,100 @@
+"""DICOM to defaced BIDS through both commands, on real series with planted identifiers and on a gantry-tilted CT.
+
+A copy of the Prisma head-first-prone series gets a unique marker in every DICOM
+PS3.15 Basic Profile attribute (and in its folder and file names). It and the GE
+head CT are converted with ``bidsdeface-convert`` and defaced with ``bidsdeface``,
+both as subprocesses with debug logging; no marker may appear in either dataset,
+in any file name, or in any log line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import DICOM_SERIES, SHARED, needs_shared, run_validator, tree_digest
+from .leakcheck import Markers, find_leaks, plant_dicom_markers, without_clock_stamps
+
+pytestmark = [needs_shared, pytest.mark.slow]
+
+KEY = "EndToEndKey-51c2"
+
+
+def _run(entry: str, *args: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; from bidsdeface.cli import {entry}; sys.exit({entry}(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    mark = Markers("DCMLEAK")
+    planted = root / "export"
+    assert plant_dicom_markers(SHARED / DICOM_SERIES["prismaHFP"], planted, mark) > 190
+    before = tree_digest(planted)
+    bids, out = root / "bids", root / "out"
+    logs = {}
+    for label, source in (("planted", planted), ("ct", SHARED / DICOM_SERIES["ct"])):
+        options = ["--participant-label", label, "--date-shift-key", KEY, "-v"]
+        result = _run("convert_main", str(source), str(bids), *options)
+        assert result.returncode == 0, result.stderr[-2000:]
+        logs[f"convert {label}"] = result.stderr + result.stdout
+    result = _run("main", str(bids), str(out), "participant", "--date-shift-key", KEY, "-v")
+    logs["deface"] = result.stderr + result.stdout
+    return {"bids": bids, "out": out, "code": result.returncode, "logs": logs, "mark": mark, "planted": planted,
+            "before": before}  # fmt: skip
+
+
+def test_both_commands_succeed_and_leave_the_input_alone(e2e: dict) -> None:
+    assert e2e["code"] == 0, e2e["logs"]["deface"][-3000:]
+    assert tree_digest(e2e["planted"]) == e2e["before"]
+
+
+@pytest.mark.parametrize("dataset", ["bids", "out"])
+def test_both_datasets_are_valid_bids(e2e: dict, dataset: str) -> None:
+    result = run_validator(e2e[dataset])
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_no_planted_dicom_identifier_survives(e2e: dict) -> None:
+    markers = e2e["mark"].where
+    assert len(find_leaks(e2e["planted"], markers)) > 150  # the search finds them where they are
+    logs = {name: without_clock_stamps(text) for name, text in e2e["logs"].items()}
+    hits = find_leaks(e2e["bids"], markers, logs) + find_leaks(e2e["out"], markers)
+    assert hits == [], [f"{where}: {marker} ({markers[marker]})" for where, marker in hits]
+
+
+def test_planted_head_is_defaced(e2e: dict) -> None:
+    anat = e2e["out"] / "sub-planted" / "anat"
+    raw = np.asanyarray(nib.load(e2e["bids"] / "sub-planted/anat/sub-planted_T1w.nii.gz").dataobj)
+    out = np.asanyarray(nib.load(anat / "sub-planted_desc-defaced_T1w.nii.gz").dataobj)
+    removed = np.asanyarray(nib.load(anat / "sub-planted_mod-T1w_defacemask.nii.gz").dataobj) > 0
+    assert removed.sum() > 1000 and np.all(out[removed] == 0)
+    assert np.array_equal(out[~removed], raw[~removed])
+
+
+def test_ct_is_defaced_with_its_air_value(e2e: dict) -> None:
+    anat = e2e["out"] / "sub-ct" / "anat"
+    source = nib.load(e2e["bids"] / "sub-ct/anat/sub-ct_ct.nii.gz")
+    raw = source.get_fdata()
+    out = nib.load(anat / "sub-ct_desc-defaced_ct.nii.gz").get_fdata()
+    removed = np.asanyarray(nib.load(anat / "sub-ct_mod-ct_defacemask.nii.gz").dataobj) > 0
+    assert np.array_equal(out[~removed], raw[~removed])
+    assert np.all(np.abs(out[removed] + 1000) <= 5), "removed CT voxels must be air (about -1000 HU), not 0"
+    # the tilted field of view reaches down to the nose only in its lowest slices: the
+    # removal is there, in front of and below the centre of the head
+    head = raw > -500
+    removed_tissue = removed & head
+    assert removed_tissue.sum() > 10_000
+    assert removed_tissue.sum() < 0.05 * head.sum()
+
+    def centre_ras(mask: np.ndarray) -> np.ndarray:
+        return nib.affines.apply_affine(source.affine, np.argwhere(mask).mean(axis=0))
+
+    anterior, superior = centre_ras(removed_tissue)[1:] - centre_ras(head)[1:]
+    assert anterior > 40 and superior < -20, (anterior, superior)
