@@ -225,3 +225,51 @@ def test_one_patient_two_studies_needs_a_mapping(tmp_path: Path, capfd: pytest.C
     _copy("prismaHFP", export / "prone")
     assert convert_main([str(export), str(tmp_path / "bids"), "--participant-label", "01"]) == EXIT_USAGE
     assert "2 studies of one patient" in _one_line_error(capfd)
+
+
+def _variant(source: Path, target: Path, number: int, **attributes: object) -> None:
+    """Copy a series as another series of the same study (new UIDs, SeriesNumber and attributes)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    target.mkdir(parents=True)
+    series_uid = generate_uid()
+    for path in sorted(source.glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID, dataset.SeriesNumber = series_uid, number
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in attributes.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(target / path.name)
+
+
+def test_runs_acquisitions_and_exclusions_in_one_study(tmp_path: Path) -> None:
+    source = SHARED / DICOM_SERIES["prismaHFS"]
+    export = tmp_path / "export"
+    shutil.copytree(source, export / "s3")
+    _variant(source, export / "s9", 9)
+    _variant(source, export / "s7", 7, MRAcquisitionType="3D")
+    _variant(source, export / "s5", 5)
+    _variant(source, export / "s1", 1, ImageType=["ORIGINAL", "PRIMARY", "M", "LOCALIZER"])
+    _variant(source, export / "s2", 2, ImageType=["DERIVED", "SECONDARY", "MPR"])
+    _variant(source, export / "s4", 4, BodyPartExamined="KNEE")
+    bids = tmp_path / "bids"
+    assert convert_main([str(export), str(bids), "--participant-label", "01", "--session-label", "a"]) == EXIT_OK
+    anat = "sub-01/ses-a/anat/sub-01_ses-a"
+    expected = {
+        "1": ("skipped", "", "localizer or scout (ImageType LOCALIZER)"),
+        "2": ("skipped", "", "derived or secondary image (ImageType DERIVED MPR SECONDARY)"),
+        "3": ("converted", f"{anat}_acq-2d_run-1_T1w.nii.gz", "T1w"),
+        "4": ("skipped", "", "body part is not the head (BodyPartExamined KNEE)"),
+        "5": ("converted", f"{anat}_acq-2d_run-2_T1w.nii.gz", "T1w"),
+        "7": ("converted", f"{anat}_acq-3d_T1w.nii.gz", "T1w"),
+        "9": ("converted", f"{anat}_acq-2d_run-3_T1w.nii.gz", "T1w"),
+    }
+    rows = {row["series_number"]: row for row in _report(bids / "sub-01/ses-a")}
+    assert sorted(rows) == sorted(expected)
+    for number, (decision, output, reason) in expected.items():
+        row = rows[number]
+        assert (row["decision"], row["output"] if output else "") == (decision, output), row
+        assert row["reason"].startswith(reason), row
+        assert output == "" or (bids / output).is_file()
+    assert run_validator(bids).returncode == 0
