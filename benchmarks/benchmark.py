@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 log = logging.getLogger("benchmark")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
-STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "write")
+STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "qc", "write")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,18 @@ class Head:
         BIDS suffix the scan gets in the temporary dataset.
     dicom : bool
         Whether ``source`` is a DICOM folder to convert with ``bidsdeface-convert`` first.
+    derive : str
+        How the measured scan is made from ``source``: ``""`` (as it is), ``thin`` (a CT
+        resampled to 0.75 mm slices and cropped to 512x512 in-plane), ``frames`` (a PET
+        made of six scaled, noisy frames) or ``with_t1w`` (a PET beside the SPM T1w of
+        the same session, registered through it; the PET's numbers are reported).
     """
 
     name: str
     source: str
     suffix: str = "T1w"
     dicom: bool = False
+    derive: str = ""
 
 
 HEADS: tuple[Head, ...] = (
@@ -75,19 +82,29 @@ HEADS: tuple[Head, ...] = (
     Head("prismaHFS", "dicom_mri_t1w_siemens_decubitus_HFS", dicom=True),
     Head("prismaHFP", "dicom_mri_t1w_siemens_decubitus_HFP", dicom=True),
     Head("ct", "dicom_ct_head_ge_gantry_tilt", suffix="ct", dicom=True),
+    Head("ct512", "dicom_ct_head_ge_gantry_tilt", suffix="ct", dicom=True, derive="thin"),
+    Head("scct", "templates/clinical_ct/scct.nii.gz", suffix="ct"),
+    Head("pet3d", "templates/spm12/PET.nii.gz", suffix="pet"),
+    Head("pet4d", "templates/spm12/PET.nii.gz", suffix="pet", derive="frames"),
+    Head("petmr", "templates/spm12/PET.nii.gz", suffix="pet", derive="with_t1w"),
 )
+SPM_T1W = "templates/spm12/single_subj_T1.nii.gz"
+THIN_SLICE_MM = 0.75
+CT_MATRIX = 512
+PET_FRAME_SCALES = (0.2, 0.7, 1.0, 0.9, 0.8, 0.6)
+PET_FRAME_SECONDS = (30, 60, 120, 300, 300, 600)
 CONVERT_ENTRY = "import sys; from bidsdeface.cli import convert_main; sys.exit(convert_main(sys.argv[1:]))"
 HEADS_BY_NAME: dict[str, Head] = {head.name: head for head in HEADS}
 
 # The per-scan summary line written by bidsdeface.pipeline.run_participant, e.g.
 # "[1/1] sub-01/anat/sub-01_T1w.nii.gz: done in 21.3 s (load 0.2, register 18.9, masks 0.9,
-#  deface 0.1, write 1.2); registration score 0.912; face voxels removed 81234 (96%);
-#  brain voxels touched 0"
+#  deface 0.1, qc 3.9, write 1.2); registration score 0.912; face voxels removed 81234 (96%);
+#  brain voxels touched 0; QC PASS"
 DONE_LINE = re.compile(
     r"\]\s+(?P<scan>\S+): done in (?P<total>[\d.]+) s \((?P<stages>[^)]*)\); "
     r"registration score (?P<score>[\d.]+); "
     r"face voxels removed (?P<face>\d+) \((?P<percent>[\d.]+)%\); "
-    r"brain voxels touched (?P<brain>\d+)"
+    r"brain voxels touched (?P<brain>\d+); QC (?P<qc>[A-Z]+)"
 )
 FAILED_LINE = re.compile(r"\]\s+(?P<scan>\S+): FAILED: (?P<message>.*)$")
 STAGE_ITEM = re.compile(r"(?P<name>\w+) (?P<seconds>[\d.]+)")
@@ -106,6 +123,7 @@ class Result:
     face_removed: int | None = None
     face_percent: float | None = None
     brain_touched: int | None = None
+    qc: str = ""
     stages: dict[str, float] = field(default_factory=dict)
     wall_s: float | None = None
     peak_rss_gb: float | None = None
@@ -122,8 +140,8 @@ class LogSummary:
     ----------
     done : bool
         Whether the scan's ``done in ...`` line was found.
-    score, face_removed, face_percent, brain_touched
-        Registration score and voxel counts from that line.
+    score, face_removed, face_percent, brain_touched, qc
+        Registration score, voxel counts and QC verdict from that line.
     stages : dict
         Stage name -> seconds.
     failure : str
@@ -135,17 +153,20 @@ class LogSummary:
     face_removed: int | None = None
     face_percent: float | None = None
     brain_touched: int | None = None
+    qc: str = ""
     stages: dict[str, float] = field(default_factory=dict)
     failure: str = ""
 
 
-def parse_log(text: str) -> LogSummary:
-    """Extract the per-scan metrics from a bidsdeface log (its first scan line).
+def parse_log(text: str, name: str = "") -> LogSummary:
+    """Extract the per-scan metrics from a bidsdeface log (the first line of the scan).
 
     Parameters
     ----------
     text : str
         The child's log (stderr).
+    name : str
+        File name of the measured scan (other scans' lines are skipped).
 
     Returns
     -------
@@ -153,6 +174,8 @@ def parse_log(text: str) -> LogSummary:
         Empty (``done`` False, no ``failure``) when neither line is present.
     """
     for line in text.splitlines():
+        if name not in line:
+            continue
         done = DONE_LINE.search(line)
         if done:
             return LogSummary(
@@ -161,6 +184,7 @@ def parse_log(text: str) -> LogSummary:
                 face_removed=int(done["face"]),
                 face_percent=float(done["percent"]),
                 brain_touched=int(done["brain"]),
+                qc=done["qc"],
                 stages={m["name"]: float(m["seconds"]) for m in STAGE_ITEM.finditer(done["stages"])},
             )
         failed = FAILED_LINE.search(line)
@@ -170,34 +194,63 @@ def parse_log(text: str) -> LogSummary:
 
 
 def build_dataset(head: Head, shared: Path, root: Path, result: Result) -> Path:
-    """Build a one-subject BIDS dataset holding ``head``; return the scan's path.
+    """Build a one-subject BIDS dataset holding ``head``; return the measured scan's path.
 
     DICOM heads are converted by ``bidsdeface-convert`` in a child process, whose
     wall time and peak memory go into ``result``.
     """
     source = shared / head.source
     bids = root / "bids"
-    scan = bids / "sub-01" / "anat" / f"sub-01_{head.suffix}.nii.gz"
+    folder = "pet" if head.suffix == "pet" else "anat"
+    scan = bids / "sub-01" / folder / f"sub-01_{head.suffix}.nii.gz"
     if head.dicom:
         argv = [sys.executable, "-c", CONVERT_ENTRY, str(source), str(bids), "--participant-label", "01"]
         code, result.convert_s, result.convert_rss_gb = run_child(argv, root / "convert.log")
         if code != 0 or not scan.is_file():
             raise RuntimeError(f"bidsdeface-convert failed for {head.name}: {(root / 'convert.log').read_text()}")
         log.info("%s: converted by bidsdeface-convert in %.1f s", head.name, result.convert_s)
+        if head.derive == "thin":
+            nib.save(thin_slice_ct(nib.load(scan)), scan)
         return scan
     scan.parent.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": f"bidsdeface benchmark: {head.name}",
-                "BIDSVersion": "1.10.0",
-                "DatasetType": "raw",
-            }
-        )
-    )
+    description = {"Name": f"bidsdeface benchmark: {head.name}", "BIDSVersion": "1.10.0", "DatasetType": "raw"}
+    (bids / "dataset_description.json").write_text(json.dumps(description))
     (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
-    shutil.copyfile(source, scan)
+    image = nib.load(source)
+    if head.derive == "frames":
+        image = pet_frames(image)
+    nib.save(image, scan)
+    if head.suffix == "pet":
+        durations = list(PET_FRAME_SECONDS) if image.ndim == 4 else [600]
+        (scan.parent / "sub-01_pet.json").write_text(json.dumps({"FrameDuration": durations}))
+    if head.derive == "with_t1w":
+        anat = bids / "sub-01" / "anat"
+        anat.mkdir()
+        shutil.copyfile(shared / SPM_T1W, anat / "sub-01_T1w.nii.gz")
     return scan
+
+
+def thin_slice_ct(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Return a CT resampled to THIN_SLICE_MM slices and cropped to CT_MATRIX in-plane (a 512x512x~200 CT)."""
+    from nibabel.processing import resample_from_to
+
+    zooms = image.header.get_zooms()[:3]
+    slices = round(image.shape[2] * zooms[2] / THIN_SLICE_MM)
+    start = [max(0, (n - CT_MATRIX) // 2) for n in image.shape[:2]]
+    grid = image.affine @ np.diag([1.0, 1.0, THIN_SLICE_MM / zooms[2], 1.0])
+    grid[:3, 3] = nib.affines.apply_affine(image.affine, [*start, 0])
+    shape = (min(CT_MATRIX, image.shape[0]), min(CT_MATRIX, image.shape[1]), slices)
+    air = float(np.asanyarray(image.dataobj).min())
+    resampled = resample_from_to(image, (shape, grid), order=1, cval=air)
+    return nib.Nifti1Image(np.round(resampled.get_fdata()).astype(np.int16), grid)
+
+
+def pet_frames(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Return six frames of a 3D PET, each scaled and with its own noise (float32)."""
+    rng = np.random.default_rng(7)
+    base = image.get_fdata(dtype=np.float32) * 12000.0
+    frames = [scale * base + rng.normal(0, 150.0 * scale, base.shape) for scale in PET_FRAME_SCALES]
+    return nib.Nifti1Image(np.stack(frames, axis=-1).astype(np.float32), image.affine)
 
 
 def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
@@ -260,13 +313,14 @@ def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | Non
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log_path, keep / f"{head.name}.log")
-    parsed = parse_log(text)
+    parsed = parse_log(text, scan.name)
     if parsed.done:
         result.status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
         result.score = parsed.score
         result.face_removed = parsed.face_removed
         result.face_percent = parsed.face_percent
         result.brain_touched = parsed.brain_touched
+        result.qc = parsed.qc
         result.stages = parsed.stages
     else:
         result.status = f"FAILED (exit {result.exit_code})"
@@ -292,6 +346,7 @@ COLUMNS: tuple[str, ...] = (
     "registration score",
     "face voxels removed",
     "brain voxels touched",
+    "QC",
     *(f"{stage} (s)" for stage in STAGES),
     "wall (s)",
     "peak RSS (GB)",
@@ -318,6 +373,7 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
                 _fmt(r.score, ".3f"),
                 face,
                 _fmt(r.brain_touched, "d"),
+                r.qc or "-",
                 *(_fmt(r.stages.get(stage), ".1f") for stage in STAGES),
                 _fmt(r.wall_s, ".1f"),
                 _fmt(r.peak_rss_gb, ".2f"),

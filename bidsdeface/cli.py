@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
             "De-identify the head scans of a BIDS dataset: register a head template to every "
             "scan (ANTs, robust to orientation and field of view), remove the face (and "
             "optionally the ears) while a dilated brain mask is never touched, scrub identifying "
-            "metadata, and write a BIDS-valid derivative dataset. The input is never modified."
+            "metadata, and write a BIDS-valid derivative dataset. The input is never modified. "
+            "Every scan is checked: metrics, figures, a face detector on surface renders and a "
+            "PASS / WARN / FAIL verdict (sub-<label>/..._qc.json, sub-<label>.html, qc.tsv)."
         ),
         epilog=(
             "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "analysis_level",
         choices=ANALYSIS_LEVELS,
-        help="participant: deface scans; group: summarise finished participant runs",
+        help="participant: deface and check scans; group: rebuild qc.tsv, group_report.html (FAIL and "
+        "WARN first) and the subject reports from finished participant runs (processes nothing again)",
     )
     parser.add_argument(
         "--participant-label",
@@ -169,8 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_SUFFIXES),
         choices=SUPPORTED_SUFFIXES,
         metavar="SUFFIX",
-        help=f"BIDS suffixes to deface, from: {' '.join(SUPPORTED_SUFFIXES)} (ct: anat/*_ct.nii.gz, in "
-        "Hounsfield units; removed voxels get the scan's own air value)",
+        help=f"BIDS suffixes to deface, from: {' '.join(SUPPORTED_SUFFIXES)}. ct: anat/*_ct.nii.gz in Hounsfield "
+        "units, offset by 1024 or rescaled (told apart by the histogram); removed voxels get the scan's own air "
+        "value. pet: pet/*_pet.nii.gz, 3D or 4D; the time-weighted mean of the frames is registered rigidly to "
+        "a T1w of the same session when there is one (and through it to the template), otherwise to the "
+        "template's brain; every frame gets the same mask",
     )
     parser.add_argument(
         "--method",

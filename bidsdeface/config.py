@@ -24,8 +24,8 @@ MRI_SUFFIXES: tuple[str, ...] = (
     "MP2RAGE",
 )
 # CT as named today (BIDS has no CT yet): anat/*_ct.nii.gz, listed in .bidsignore.
-SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct")
-DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct")
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct", "pet")
+DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct", "pet")
 METHODS: tuple[str, ...] = ("zero", "blur")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import Config
+from .images import block_expanded
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 BLUR_NOISE_FRACTION = 0.08
@@ -48,16 +49,10 @@ class DefaceResult:
         Same grid, affine, qform/sform codes, dtype and scaling as the input.
     removed : numpy.ndarray of bool
         Voxels replaced (3D; every volume of a 4D image gets the same mask).
-    metrics : dict
-        ``face_voxels``, ``face_voxels_removed``, ``face_removed_fraction``,
-        ``ear_voxels_removed``, ``head_voxels_removed``, ``brain_voxels_touched``
-        (measured by comparing output and input inside the protected region),
-        ``background_value``.
     """
 
     image: nib.Nifti1Image
     removed: np.ndarray
-    metrics: dict[str, float | int]
 
 
 def _padded_box(mask: np.ndarray, pad: list[int]) -> tuple[slice, ...]:
@@ -98,6 +93,12 @@ def stored_data(image: nib.Nifti1Image) -> np.ndarray:
     return np.asanyarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
 
 
+def real_values(stored: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
+    """Return ``stored`` values (as on disk) in real units, with ``image``'s scaling (float32)."""
+    slope, inter = data_scaling(image)
+    return stored.astype(np.float32) * np.float32(slope) + np.float32(inter)
+
+
 def stored_value(image: nib.Nifti1Image, real_value: float) -> float:
     """Return the on-disk value that ``image``'s scaling maps to ``real_value``."""
     slope, inter = data_scaling(image)
@@ -109,24 +110,34 @@ def stored_value(image: nib.Nifti1Image, real_value: float) -> float:
     return raw
 
 
+def pixelated(volume: np.ndarray, block: list[int]) -> np.ndarray:
+    """Return ``volume`` made of blocks of ``block`` voxels, each holding one local mean (same shape).
+
+    >>> pixelated(np.arange(4.0)[:, None, None] * np.ones((4, 1, 1)), [2, 1, 1]).ravel().tolist()
+    [0.0, 0.0, 1.5, 1.5]
+    """
+    coarse = ndimage.uniform_filter(volume, size=block, mode="nearest")[tuple(slice(0, None, b) for b in block)]
+    return block_expanded(coarse, block, volume.shape)
+
+
 def _blurred_replacement(
-    volume: np.ndarray, region: np.ndarray, zooms: tuple[float, float, float], config: Config, noise_scale: float
+    volume: np.ndarray,
+    region: np.ndarray,
+    zooms: tuple[float, float, float],
+    config: Config,
+    noise_scale: float,
+    background: float,
 ) -> np.ndarray:
-    """Return smoothed, pixelated and noised values for ``region`` (real units)."""
+    """Return smoothed, pixelated and noised values for ``region`` (real units, never below ``background``)."""
     box = _padded_box(region, [int(np.ceil(2 * config.blur_fwhm_mm / z)) for z in zooms])
     patch = volume[box].astype(np.float32)
     block = [max(1, round(BLUR_BLOCK_MM / z)) for z in zooms]
-    coarse = ndimage.uniform_filter(patch, size=block, mode="nearest")[tuple(slice(0, None, b) for b in block)]
-    nearest_block = [
-        np.minimum(np.arange(n) // b, c - 1) for n, b, c in zip(patch.shape, block, coarse.shape, strict=True)
-    ]
-    pixelated = coarse[np.ix_(*nearest_block)]
     sigma = [config.blur_fwhm_mm * FWHM_TO_SIGMA / z for z in zooms]
-    smooth = ndimage.gaussian_filter(pixelated, sigma=sigma, mode="nearest")
+    smooth = ndimage.gaussian_filter(pixelated(patch, block), sigma=sigma, mode="nearest")
     rng = np.random.default_rng(config.random_seed)
     smooth += rng.normal(0.0, noise_scale, size=smooth.shape).astype(np.float32)
     out = np.zeros(volume.shape, dtype=np.float32)
-    out[box] = np.maximum(smooth, 0.0)
+    out[box] = np.maximum(smooth, background)
     return out[region]
 
 
@@ -147,7 +158,8 @@ def deface_image(
     config : Config
         ``method``, ``remove_ears``, blur settings.
     background : float
-        Value (real units) for ``zero``: 0 for MRI.
+        Value (real units) of the air around the head: what ``zero`` writes, and the
+        floor of ``blur``'s values (0 for MRI and PET, the scan's air for CT).
 
     Returns
     -------
@@ -165,29 +177,20 @@ def deface_image(
             if config.method == "zero":
                 volume[removed] = stored_value(image, background)
             else:
-                real = volume.astype(np.float32) * slope + inter
+                real = real_values(volume, image)
                 noise_scale = (
-                    BLUR_NOISE_FRACTION * float(np.percentile(real[masks.head], 99)) if masks.head.any() else 0.0
+                    BLUR_NOISE_FRACTION * (float(np.percentile(real[masks.head], 99)) - background)
+                    if masks.head.any()
+                    else 0.0
                 )
-                replacement = (_blurred_replacement(real, removed, zooms, config, noise_scale) - inter) / slope
+                replaced = _blurred_replacement(real, removed, zooms, config, noise_scale, background)
+                replacement = (replaced - inter) / slope
                 if np.issubdtype(volume.dtype, np.integer):
                     info = np.iinfo(volume.dtype)
                     replacement = np.clip(np.round(replacement), info.min, info.max)
                 volume[removed] = replacement.astype(volume.dtype)
     defaced = stored.reshape(image.shape)
-    original = stored_data(image).reshape(volumes.shape)
-    changed_protected = int(np.count_nonzero((volumes != original)[masks.protect]))
-    face_total = int(masks.face.sum())
-    metrics: dict[str, float | int] = {
-        "face_voxels": face_total,
-        "face_voxels_removed": int((removed & masks.face).sum()),
-        "face_removed_fraction": float((removed & masks.face).sum() / face_total) if face_total else 0.0,
-        "ear_voxels_removed": int((removed & masks.ears).sum()) if config.remove_ears else 0,
-        "head_voxels_removed": int((removed & masks.head).sum()),
-        "brain_voxels_touched": changed_protected,
-        "background_value": float(background),
-    }
-    return DefaceResult(image=rebuild_like(image, defaced), removed=removed, metrics=metrics)
+    return DefaceResult(image=rebuild_like(image, defaced), removed=removed)
 
 
 def rebuild_like(image: nib.Nifti1Image, stored: np.ndarray) -> nib.Nifti1Image:

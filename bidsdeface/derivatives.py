@@ -139,6 +139,15 @@ def mask_name(raw_name: str, extension: str | None = None) -> str:
     return join_bids_name(kept, "defacemask", ext if extension is None else extension)
 
 
+def figure_name(output_dir: Path, relpath: Path, kind: str) -> Path:
+    """Return where a scan's ``kind`` figure goes: ``sub-<label>/figures/<defaced name>_<kind>.png``.
+
+    >>> figure_name(Path("out"), Path("sub-01/ses-a/anat/sub-01_ses-a_T1w.nii.gz"), "mosaic").as_posix()
+    'out/sub-01/figures/sub-01_ses-a_desc-defaced_T1w_mosaic.png'
+    """
+    return output_dir / relpath.parts[0] / "figures" / defaced_name(relpath.name, f"_{kind}.png")
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it into place on success.

@@ -30,6 +30,9 @@ class ScanJob:
         Its path relative to the dataset root (POSIX), used for outputs and ``Sources``.
     suffix, datatype : str
         BIDS suffix (``T1w``...) and folder (``anat``...).
+    anatomical : str
+        For PET: the relative path of a T1w of the same subject and session to
+        register through (``""`` when there is none).
     """
 
     subject: str
@@ -38,6 +41,7 @@ class ScanJob:
     relpath: str
     suffix: str
     datatype: str
+    anatomical: str = ""
 
 
 def clean_label(label: str, prefix: str) -> str:
@@ -104,14 +108,18 @@ def find_scans(config: Config) -> list[ScanJob]:
     for bids_file in sorted(files, key=lambda f: f.path):
         path = Path(bids_file.path)
         entities = bids_file.get_entities()
+        suffix = str(entities["suffix"])
+        session = str(entities.get("session", ""))
+        anatomical = _same_session_t1w(layout, str(entities["subject"]), session) if suffix == "pet" else None
         jobs.append(
             ScanJob(
                 subject=str(entities["subject"]),
-                session=str(entities.get("session", "")),
+                session=session,
                 path=path,
                 relpath=path.relative_to(config.bids_dir).as_posix(),
-                suffix=str(entities["suffix"]),
+                suffix=suffix,
                 datatype=str(entities.get("datatype", path.parent.name)),
+                anatomical="" if anatomical is None else anatomical.relative_to(config.bids_dir).as_posix(),
             )
         )
     if not jobs:
@@ -121,6 +129,21 @@ def find_scans(config: Config) -> list[ScanJob]:
             f"suffixes: {' '.join(config.suffixes)})"
         )
     return jobs
+
+
+def _same_session_t1w(layout: Any, subject: str, session: str) -> Path | None:
+    """Return the first T1w (by name) of ``subject`` in ``session``, or None."""
+    from bids.layout import Query
+
+    found = layout.get(
+        subject=subject,
+        session=session or Query.NONE,
+        suffix="T1w",
+        datatype="anat",
+        extension=list(NIFTI_EXTENSIONS),
+        return_type="filename",
+    )
+    return Path(sorted(found)[0]) if found else None
 
 
 def read_metadata(image: Path) -> dict[str, Any]:

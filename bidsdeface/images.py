@@ -21,8 +21,13 @@ HEAD_MASK_RESOLUTION_MM = 2.0
 MIN_HEAD_VARIATION = 0.10
 MIN_NEIGHBOUR_CORRELATION = 0.5
 
-AIR_BIN_HU = 10.0
-CT_HEAD_ABOVE_AIR_HU = 500.0
+HU_AIR = -1000.0
+HU_SOFT_TISSUE = 40.0
+HU_OFFSET = 1024.0
+CT_HISTOGRAM_BINS = 300
+CT_TISSUE_ABOVE_AIR = 0.3
+CT_GAP_TOLERANCE = 0.15
+CT_AIR_TOLERANCE_HU = 150.0
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,16 @@ class Scan:
     image : nibabel.Nifti1Image
         The image as stored (grid, dtype, scaling are kept for writing).
     reference : numpy.ndarray
-        3D float32 volume on the image grid (the mean over volumes for 4D).
+        3D float32 volume on the image grid (for 4D, the mean over volumes,
+        weighted by frame durations when they are known).
+    summary : str
+        How ``reference`` was made from the volumes.
     """
 
     path: Path
     image: nib.Nifti1Image
     reference: np.ndarray
+    summary: str = "3D"
 
     @property
     def zooms(self) -> tuple[float, float, float]:
@@ -49,13 +58,17 @@ class Scan:
         return tuple(float(z) for z in self.image.header.get_zooms()[:3])
 
 
-def load_scan(path: Path) -> Scan:
+def load_scan(path: Path, frame_durations: object = None) -> Scan:
     """Read a NIfTI scan fully and check that it can be a head image.
 
     Parameters
     ----------
     path : Path
         ``.nii`` or ``.nii.gz`` file.
+    frame_durations : list of float, optional
+        Duration of each volume (PET ``FrameDuration``): the reference volume is
+        then the time-weighted mean, which favours the long late frames that show
+        the anatomy best. Ignored (plain mean) unless it matches the volumes.
 
     Returns
     -------
@@ -90,13 +103,72 @@ def load_scan(path: Path) -> Scan:
     zooms = image.header.get_zooms()[:3]
     if min(zooms) <= 0:
         raise ScanError(f"{path}: invalid voxel size {zooms}")
-    reference = volumes.mean(axis=3) if volumes.shape[3] > 1 else volumes[..., 0]
+    reference, summary = _summary_volume(volumes, frame_durations)
     smoothness = neighbour_correlation(reference)
     if smoothness < MIN_NEIGHBOUR_CORRELATION:
         raise ScanError(
             f"{path}: neighbouring voxels are unrelated (correlation {smoothness:.2f}); noise, not a head image"
         )
-    return Scan(path=Path(path), image=image, reference=np.ascontiguousarray(reference, dtype=np.float32))
+    return Scan(Path(path), image, np.ascontiguousarray(reference, dtype=np.float32), summary)
+
+
+def _summary_volume(volumes: np.ndarray, frame_durations: object) -> tuple[np.ndarray, str]:
+    """Return one 3D volume standing for all of ``volumes`` (x, y, z, n) and how it was made."""
+    count = volumes.shape[3]
+    if count == 1:
+        return volumes[..., 0], "3D"
+    weights = np.asarray(frame_durations if isinstance(frame_durations, list) else [], dtype=object)
+    usable = weights.size == count and all(isinstance(w, int | float) and w > 0 for w in weights)
+    if not usable:
+        return volumes.mean(axis=3), f"mean of {count} volumes"
+    weights = weights.astype(np.float64) / float(np.sum(weights.astype(np.float64)))
+    return np.tensordot(volumes, weights.astype(np.float32), axes=([3], [0])), f"time-weighted mean of {count} frames"
+
+
+def block_expanded(coarse: np.ndarray, block: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``coarse`` (one value per block of ``block`` voxels) on the fine grid of ``shape``.
+
+    >>> block_expanded(np.array([[[1], [2]]]), [1, 2, 1], (1, 3, 1)).ravel().tolist()
+    [1, 1, 2]
+    """
+    nearest = [np.minimum(np.arange(n) // b, c - 1) for n, b, c in zip(shape, block, coarse.shape, strict=True)]
+    return coarse[np.ix_(*nearest)]
+
+
+def block_factors(zooms: tuple[float, ...], target_mm: float) -> list[int]:
+    """Return how many voxels along each axis make a block no larger than ``target_mm`` (at least 1)."""
+    return [max(1, int(target_mm // z)) for z in zooms]
+
+
+def block_grid(shape: tuple[int, ...], affine: np.ndarray, block: list[int]) -> tuple[tuple[int, ...], np.ndarray]:
+    """Return the shape and affine of the grid whose voxels are whole blocks of ``block`` voxels.
+
+    The last block along an axis may be partial; each block's voxel centre is its full block's centre.
+    """
+    scale = np.diag([*block, 1]).astype(float)
+    scale[:3, 3] = [(b - 1) / 2 for b in block]
+    return tuple(-(-n // b) for n, b in zip(shape[:3], block, strict=True)), affine @ scale
+
+
+def block_mean(volume: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``volume`` over whole blocks of voxels no larger than ``target_mm``; return it and its affine.
+
+    A fast, anti-aliased first step before resampling a fine image (a 0.5 mm CT) to a
+    coarse grid: each axis is reduced by ``floor(target_mm / voxel size)`` (at least 1);
+    trailing voxels that do not fill a block are dropped.
+
+    >>> small, affine = block_mean(np.arange(16.0).reshape(4, 4, 1), np.diag([0.5, 1.0, 1.0, 1.0]), 1.0)
+    >>> small[:, :, 0].tolist(), affine[0].tolist()
+    ([[2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 12.0, 13.0]], [1.0, 0.0, 0.0, 0.25])
+    """
+    factors = block_factors(tuple(np.linalg.norm(affine[:3, :3], axis=0)), target_mm)
+    if factors == [1, 1, 1]:
+        return volume, affine
+    kept = [n - n % f for n, f in zip(volume.shape, factors, strict=True)]
+    blocks = volume[: kept[0], : kept[1], : kept[2]].reshape(
+        kept[0] // factors[0], factors[0], kept[1] // factors[1], factors[1], kept[2] // factors[2], factors[2]
+    )
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32), block_grid(tuple(kept), affine, factors)[1]
 
 
 def neighbour_correlation(volume: np.ndarray) -> float:
@@ -136,6 +208,21 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centers[int(np.argmax(between))])
 
 
+def foreground_threshold(volume: np.ndarray) -> float:
+    """Return the head/air threshold of an MRI volume: 30% of the way from background to Otsu's threshold."""
+    low, high = np.percentile(volume, [0.5, 99.5])
+    return float(low + 0.3 * (otsu_threshold(np.clip(volume, low, high)) - low))
+
+
+def brain_threshold(volume: np.ndarray) -> float:
+    """Return the brain/background threshold of a PET volume: Otsu's, on the robust intensity range.
+
+    Higher than :func:`foreground_threshold`: it leaves out faint scalp uptake and blur.
+    """
+    low, high = np.percentile(volume, [0.5, 99.5])
+    return otsu_threshold(np.clip(volume, low, high))
+
+
 def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: float | None = None) -> np.ndarray:
     """Return a filled binary mask of the head (largest connected foreground).
 
@@ -159,15 +246,8 @@ def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: 
             tuple(z * k for z, k in zip(zooms, step, strict=True)),
             threshold,
         )
-        nearest = [
-            np.minimum(np.arange(n) // k, c - 1) for n, k, c in zip(volume.shape, step, coarse.shape, strict=True)
-        ]
-        return coarse[np.ix_(*nearest)]
-    if threshold is None:
-        low, high = np.percentile(volume, [0.5, 99.5])
-        clipped = np.clip(volume, low, high)
-        threshold = low + 0.3 * (otsu_threshold(clipped) - low)
-    foreground = volume > threshold
+        return block_expanded(coarse, step, volume.shape)
+    foreground = volume > (foreground_threshold(volume) if threshold is None else threshold)
     radius = np.maximum(1, np.round(HEAD_CLOSING_MM / np.asarray(zooms)).astype(int))
     structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
     foreground = ndimage.binary_opening(foreground, structure=np.ones((3, 3, 3), bool))
@@ -215,25 +295,87 @@ def check_head_plausible(volume: np.ndarray, mask: np.ndarray, zooms: tuple[floa
         raise ScanError(f"{path}: foreground spans {[round(e) for e in extents]} mm; too large to be a head")
 
 
-def air_value(volume: np.ndarray) -> float:
-    """Return the value of air around a CT head (about -1000 HU, whatever the storage offset).
+@dataclass(frozen=True)
+class CtIntensities:
+    """How a CT stores its intensities, and the two values defacing and registration need.
 
-    The most common value, after leaving out the volume's minimum: scanners and
-    tilt correction pad outside the field of view with a value below air.
+    Attributes
+    ----------
+    storage : str
+        ``HU`` (Hounsfield units, possibly through the header scaling), ``HU+1024``
+        (unsigned storage offset by 1024) or ``rescaled`` (another linear or
+        windowed scale, such as a template's).
+    air : float
+        The air around the head, in the image's real units (after header scaling).
+    soft_tissue : float
+        The soft-tissue (brain) peak, in the same units.
+    """
 
-    >>> volume = np.full((6, 6, 6), -1000.0); volume[0] = -3024; volume[2:, 2:, 2:] = 40
-    >>> air_value(volume)
-    -1000.0
+    storage: str
+    air: float
+    soft_tissue: float
+
+    @property
+    def head_threshold(self) -> float:
+        """Foreground threshold halfway from air to soft tissue (about -480 HU): skin, not the pillow."""
+        return self.air + 0.5 * (self.soft_tissue - self.air)
+
+    def describe(self) -> str:
+        """One line for the log: storage, air and soft-tissue values."""
+        names = {"HU": "Hounsfield units", "HU+1024": "Hounsfield units + 1024", "rescaled": "rescaled intensities"}
+        return f"{names[self.storage]} (air {self.air:g}, soft tissue {self.soft_tissue:g})"
+
+
+def _histogram_peak(values: np.ndarray, bins: int) -> float:
+    """Return the median of the values in the fullest histogram bin."""
+    counts, edges = np.histogram(values, bins=bins)
+    peak = int(np.argmax(counts))
+    return float(np.median(values[(values >= edges[peak]) & (values <= edges[peak + 1])]))
+
+
+def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensities:
+    """Find air and soft tissue in a CT histogram and tell how the intensities are stored.
+
+    Air is the most common value after leaving out the minimum (scanners and tilt
+    correction pad outside the field of view with a value below air); soft tissue is
+    the most common value well above air. Their gap tells the storage: about 1040 in
+    Hounsfield units (air at -1000 when plain, about 24 when offset by +1024),
+    anything else is a rescaled CT.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        CT intensities after the header scaling.
+    source : Path or str
+        Named in the error message.
+
+    Returns
+    -------
+    CtIntensities
+
+    Raises
+    ------
+    ScanError
+        No soft tissue above the air: not a CT head.
+
+    >>> volume = np.full((20, 20, 20), -1000.0); volume[0] = -3024; volume[5:15, 5:15, 5:15] = 40
+    >>> ct_intensities(volume)
+    CtIntensities(storage='HU', air=-1000.0, soft_tissue=40.0)
+    >>> ct_intensities(volume + 1024).storage, ct_intensities(volume / 10 + 100).storage
+    ('HU+1024', 'rescaled')
     """
     values = volume[volume > volume.min()]
     values = values if values.size else volume.ravel()
-    low, high = float(values.min()), float(values.max())
-    counts, edges = np.histogram(values, bins=max(1, int(np.ceil((high - low) / AIR_BIN_HU))), range=(low, high))
-    peak = int(np.argmax(counts))
-    in_peak = values[(values >= edges[peak]) & (values <= edges[peak + 1])]
-    return float(np.round(np.median(in_peak)))
-
-
-def ct_head_threshold(volume: np.ndarray) -> float:
-    """Return the CT foreground threshold: air plus 500 HU (between air and fat)."""
-    return air_value(volume) + CT_HEAD_ABOVE_AIR_HU
+    low, top = (float(v) for v in np.percentile(values, [0.0, 99.9]))
+    air = float(np.round(_histogram_peak(values, CT_HISTOGRAM_BINS), 3))
+    tissue_values = values[values > air + CT_TISSUE_ABOVE_AIR * (top - air)]
+    if tissue_values.size == 0 or top <= low:
+        raise ScanError(f"{source}: no soft tissue above the air in the CT histogram; not a CT head image")
+    soft_tissue = float(np.round(_histogram_peak(tissue_values, CT_HISTOGRAM_BINS), 3))
+    plain_gap = HU_SOFT_TISSUE - HU_AIR
+    if abs((soft_tissue - air) - plain_gap) <= CT_GAP_TOLERANCE * plain_gap:
+        if abs(air - HU_AIR) <= CT_AIR_TOLERANCE_HU:
+            return CtIntensities("HU", air, soft_tissue)
+        if abs(air - (HU_AIR + HU_OFFSET)) <= CT_AIR_TOLERANCE_HU:
+            return CtIntensities("HU+1024", air, soft_tissue)
+    return CtIntensities("rescaled", air, soft_tissue)

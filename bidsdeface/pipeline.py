@@ -18,13 +18,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from . import __version__
 from .config import Config
-from .deface import ScanMasks, deface_image, dilate_mm
+from .deface import deface_image, real_values, stored_data
 from .derivatives import (
     defaced_name,
     deidentification,
+    figure_name,
     mask_name,
     remove_stale_temporaries,
+    write_bytes_atomic,
     write_dataset_files,
     write_json_atomic,
     write_nifti_atomic,
@@ -46,11 +49,13 @@ from .identity import (
     private_folder,
     resolve_identity,
 )
-from .images import air_value, ct_head_threshold, head_mask, load_scan
+from .images import CtIntensities, Scan, brain_threshold, ct_intensities, foreground_threshold, load_scan
 from .metadata import write_participants, write_scrub_record, write_subject_tables
-from .register import register_template, warp_template_mask
+from .qc import ScanQc, check_scan, limits_record
+from .register import Registration, register_template, register_through_anatomical, scan_masks
+from .report import QcSummary, write_group_files, write_subject_report
 from .scrub import screen_text, scrub_modality, scrub_nifti_header, scrub_sidecar
-from .templates import load_template
+from .templates import Template, load_template
 from .tools import run
 
 log = logging.getLogger(__name__)
@@ -70,10 +75,14 @@ class ScanOutcome:
     message : str
         One line: the error for failures.
     metrics : dict
-        Registration score, voxel counts (see :class:`bidsdeface.deface.DefaceResult`),
-        and ``scrub``: what scrubbing removed or changed (names only).
+        QC metrics (see :func:`bidsdeface.qc.check_scan`) and ``scrub``: what
+        scrubbing removed or changed (names only).
     seconds : dict
         Wall seconds per stage.
+    qc_status : str
+        ``PASS``, ``WARN`` or ``FAIL`` for written scans; empty otherwise.
+    qc_reasons : tuple of str
+        Why the scan is not PASS.
     """
 
     relpath: str
@@ -81,6 +90,8 @@ class ScanOutcome:
     message: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    qc_status: str = ""
+    qc_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,23 +102,31 @@ class OutputPaths:
     sidecar: Path
     mask: Path
     mask_sidecar: Path
+    qc: Path
+    mosaic: Path
+    render: Path
 
     @classmethod
     def for_job(cls, config: Config, job: ScanJob, identity: SubjectIdentity) -> OutputPaths:
         """Return the output paths of ``job`` (with the subject's output labels)."""
         relpath = Path(identity.output_relpath(job.relpath))
         folder = config.output_dir / relpath.parent
+        # BIDS has defacemasks in anat/ only; mod-<suffix> names the scan they belong to
+        mask_folder = folder.parent / "anat"
         name = relpath.name
         return cls(
             image=folder / defaced_name(name, ".nii.gz"),
             sidecar=folder / defaced_name(name, ".json"),
-            mask=folder / mask_name(name, ".nii.gz"),
-            mask_sidecar=folder / mask_name(name, ".json"),
+            mask=mask_folder / mask_name(name, ".nii.gz"),
+            mask_sidecar=mask_folder / mask_name(name, ".json"),
+            qc=folder / defaced_name(name, "_qc.json"),
+            mosaic=figure_name(config.output_dir, relpath, "mosaic"),
+            render=figure_name(config.output_dir, relpath, "render"),
         )
 
     def complete(self) -> bool:
         """Return whether every output exists (a finished scan)."""
-        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar))
+        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar, self.qc))
 
 
 class _Timer:
@@ -165,26 +184,36 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
     timer = _Timer()
     try:
         with timer.stage("load"):
-            scan = load_scan(job.path)
             metadata = read_metadata(job.path)
+            scan = load_scan(job.path, metadata.get("FrameDuration") if job.suffix == "pet" else None)
             template = load_template()
+            ct = ct_intensities(scan.reference, job.path) if job.suffix == "ct" else None
+            anatomical = load_scan(config.bids_dir / job.anatomical) if job.anatomical else None
         with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
             with timer.stage("register"):
-                is_ct = job.suffix == "ct"
-                threshold = ct_head_threshold(scan.reference) if is_ct else None
-                registration = register_template(scan, template, config, work_dir=Path(scratch), threshold=threshold)
+                registration = _register(scan, template, config, Path(scratch), ct, anatomical, job.suffix == "pet")
             with timer.stage("masks"):
-                brain = warp_template_mask(scan, template.brain, template, registration)
-                masks = ScanMasks(
-                    face=warp_template_mask(scan, template.face, template, registration),
-                    ears=warp_template_mask(scan, template.ears, template, registration),
-                    brain=brain,
-                    protect=dilate_mm(brain, scan.zooms, config.brain_margin_mm),
-                    head=head_mask(scan.reference, scan.zooms, threshold),
+                threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
+                masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold)
+            with timer.stage("deface"):
+                result = deface_image(scan.image, masks, config, 0.0 if ct is None else ct.air)
+            with timer.stage("qc"):
+                quality = check_scan(
+                    real_values(stored_data(scan.image), scan.image),
+                    real_values(stored_data(result.image), scan.image),
+                    masks,
+                    result.removed,
+                    scan.image.affine,
+                    template,
+                    registration,
+                    threshold,
                 )
-        with timer.stage("deface"):
-            background = air_value(scan.reference) if is_ct else 0.0
-            result = deface_image(scan.image, masks, config, background)
+        method_record = {
+            "registration_path": _registration_path(registration, job, identity),
+            "registration_start": registration.start,
+            "reference_volume": scan.summary,
+            **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
+        }
         with timer.stage("write"):
             modality = scrub_modality(job.suffix, job.datatype)
             clean_metadata, sidecar_report = scrub_sidecar(
@@ -206,17 +235,21 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                 },
             )
             write_nifti_atomic(outputs.image, result.image)
-            write_json_atomic(
-                outputs.sidecar,
-                {
-                    **clean_metadata,
-                    "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
-                    "SkullStripped": False,
-                    "Sources": sources,
-                    "DeidentificationMethod": methods,
-                    "DeidentificationMethodCodeSequence": codes,
-                },
-            )
+            write_bytes_atomic(outputs.mosaic, quality.figures.mosaic)
+            write_bytes_atomic(outputs.render, quality.figures.render)
+        # The QC record carries every stage's time; the sidecar, written last, marks the scan finished.
+        write_json_atomic(outputs.qc, qc_record(config.output_dir, outputs, quality, method_record, timer.seconds))
+        write_json_atomic(
+            outputs.sidecar,
+            {
+                **clean_metadata,
+                "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
+                "SkullStripped": False,
+                "Sources": sources,
+                "DeidentificationMethod": methods,
+                "DeidentificationMethodCodeSequence": codes,
+            },
+        )
     except BidsDefaceError as exc:
         return ScanOutcome(shown, "failed", _hide_input_names(str(exc), job, identity, shown), seconds=timer.seconds)
     except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
@@ -224,9 +257,8 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
         message = _hide_input_names(f"{job.path}: {type(exc).__name__}: {exc}", job, identity, shown)
         return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
     metrics: dict[str, Any] = {
-        "registration_score": round(registration.score, 4),
-        "registration_start": registration.start,
-        **result.metrics,
+        **quality.metrics,
+        **method_record,
         "scrub": {
             outputs.sidecar.relative_to(config.output_dir).as_posix(): {
                 "Sidecar": sidecar_report.as_record(),
@@ -234,7 +266,60 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             }
         },
     }
-    return ScanOutcome(shown, "done", "", metrics, timer.seconds)
+    return ScanOutcome(shown, "done", "", metrics, timer.seconds, quality.verdict.status, quality.verdict.reasons)
+
+
+def _register(
+    scan: Scan,
+    template: Template,
+    config: Config,
+    work_dir: Path,
+    ct: CtIntensities | None,
+    anatomical: Scan | None,
+    brain_only: bool,
+) -> Registration:
+    """Register the template to ``scan``: through a same-session T1w when given, else directly."""
+    if anatomical is not None:
+        through = register_through_anatomical(
+            scan, anatomical, register_template(anatomical, template, config, work_dir), template, work_dir
+        )
+        if through.score >= config.min_registration_score:
+            return through
+        log.debug("rigid fit to the same-session T1w scored %.2f; registering to the template instead", through.score)
+    if brain_only:
+        return register_template(scan, template, config, work_dir, brain_threshold(scan.reference), brain_only=True)
+    return register_template(scan, template, config, work_dir, None if ct is None else ct.head_threshold)
+
+
+def _registration_path(registration: Registration, job: ScanJob, identity: SubjectIdentity) -> str:
+    """Say, with output names only, how the scan was placed on the template."""
+    if registration.path == "anatomical":
+        return f"rigid to {Path(identity.output_relpath(job.anatomical)).name}, then its template registration"
+    if job.anatomical:
+        return f"{registration.path} to template (the rigid fit to the same-session T1w was poor)"
+    return f"{registration.path} to template"
+
+
+def qc_record(
+    output_dir: Path, outputs: OutputPaths, quality: ScanQc, method: dict[str, Any], seconds: dict[str, float]
+) -> dict[str, Any]:
+    """Return the content of a scan's ``_qc.json`` (paths relative to the output folder)."""
+
+    def relative(path: Path) -> str:
+        return path.relative_to(output_dir).as_posix()
+
+    return {
+        "Scan": relative(outputs.image),
+        "Status": quality.verdict.status,
+        "Reasons": list(quality.verdict.reasons),
+        "Notes": list(quality.verdict.notes),
+        "Metrics": quality.metrics,
+        "Method": method,
+        "Seconds": seconds,
+        "Figures": {"Render": relative(outputs.render), "Mosaic": relative(outputs.mosaic)},
+        "Limits": limits_record(),
+        "GeneratedBy": f"bidsdeface {__version__}",
+    }
 
 
 def check_paths(config: Config) -> None:
@@ -355,6 +440,8 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
             tables = write_subject_tables(config, identity)
             records = {**scrub_records[subject], **{name: {"Table": r.as_record()} for name, r in tables.items()}}
             write_scrub_record(config, identity, records)
+            write_subject_report(config.output_dir, identity.output_label)
+    _log_qc_summary(write_group_files(config.output_dir))
     participants = write_participants(config)
     if participants is not None and participants.removed:
         log.info("participants.tsv: column(s) not shared: %s", ", ".join(participants.removed))
@@ -385,7 +472,8 @@ def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, Subjec
 def _log_done(progress: str, outcome: ScanOutcome) -> None:
     m, s = outcome.metrics, outcome.seconds
     log.info(
-        "%s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); brain voxels touched %d",
+        "%s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); "
+        "brain voxels touched %d; QC %s",
         progress,
         sum(s.values()),
         ", ".join(f"{k} {v:.1f}" for k, v in s.items()),
@@ -393,7 +481,18 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
         m["face_voxels_removed"],
         100 * m["face_removed_fraction"],
         m["brain_voxels_touched"],
+        outcome.qc_status,
     )
+    log.info(
+        "%s: registered %s, from the %s%s",
+        progress,
+        m["registration_path"],
+        m["reference_volume"] if m["reference_volume"] != "3D" else "3D image",
+        f"; CT intensities: {m['intensities']}" if "intensities" in m else "",
+    )
+    if outcome.qc_status != "PASS":
+        level = logging.ERROR if outcome.qc_status == "FAIL" else logging.WARNING
+        log.log(level, "%s: QC %s: %s", progress, outcome.qc_status, "; ".join(outcome.qc_reasons))
     for name, record in m["scrub"].items():
         sidecar = record["Sidecar"]
         log.info(
@@ -420,4 +519,18 @@ def run_group(config: Config) -> int:
         raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")
     log.info("group level: %d defaced scan(s) in %s", len(defaced), config.output_dir)
     write_participants(config)
+    for subject in sorted({path.relative_to(config.output_dir).parts[0] for path in defaced}):
+        write_subject_report(config.output_dir, subject.removeprefix("sub-"))
+    _log_qc_summary(write_group_files(config.output_dir))
     return EXIT_OK
+
+
+def _log_qc_summary(summary: QcSummary) -> None:
+    log.info(
+        "QC of all scans in the output: %d FAIL, %d WARN, %d PASS; report %s (flagged scans first), table %s",
+        summary.count("FAIL"),
+        summary.count("WARN"),
+        summary.count("PASS"),
+        summary.report,
+        summary.table,
+    )

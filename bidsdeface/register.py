@@ -8,6 +8,10 @@ pose replaces the header's only when its MI is clearly higher (heads are blobs, 
 overlap alone cannot tell a head from the same head turned round). The reported score is
 the Dice overlap of the warped template head with the scan's own head mask, inside the
 scan's field of view and the template's; scans scoring below the configured minimum fail.
+
+PET: a brain-only image is registered to the template's brain instead of its head, or
+rigidly to a same-session T1w whose template registration is then chained
+(:func:`register_through_anatomical`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,18 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from .config import Config
-from .deface import dilate_mm
+from .deface import ScanMasks, dilate_mm
 from .errors import RegistrationError
-from .images import Scan, check_head_plausible, head_mask
+from .images import (
+    Scan,
+    block_expanded,
+    block_factors,
+    block_grid,
+    block_mean,
+    brain_threshold,
+    check_head_plausible,
+    head_mask,
+)
 from .templates import Template
 
 log = logging.getLogger(__name__)
@@ -37,8 +50,15 @@ OTHER_POSE_MARGIN = 0.40
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
 REFINE_SAMPLES = 250_000
+MASK_RESOLUTION_MM = 1.0
 NEAR_HEAD_MM = 10.0
 REFINE_ITERATIONS = (60, 30)
+SHAPE_ITERATIONS = (40,)
+SHAPE_SHRINK = (2,)
+POSE_MI_ITERATIONS = (25,)
+RIGID_SAMPLES = 50_000
+RIGID_ITERATIONS = (100, 100, 100)
+ANATOMICAL_BRAIN_MARGIN_MM = 3.0
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Starting rotations (degrees about the RAS x, y, z axes): upright first, then the
@@ -72,12 +92,17 @@ class Registration:
         Name of the starting rotation that won.
     starts_tried : int
         How many starting rotations were tried.
+    path : str
+        How the scan reached the template: ``head`` (the scan's head to the template
+        head), ``brain`` (a brain-only scan to the template brain) or ``anatomical``
+        (rigidly to a same-session T1w, then through the T1w's registration).
     """
 
     transforms: tuple[str, ...]
     score: float
     start: str
     starts_tried: int
+    path: str = "head"
 
 
 def to_ants(volume: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
@@ -258,7 +283,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def register_template(
-    scan: Scan, template: Template, config: Config, work_dir: Path | None = None, threshold: float | None = None
+    scan: Scan,
+    template: Template,
+    config: Config,
+    work_dir: Path | None = None,
+    threshold: float | None = None,
+    brain_only: bool = False,
 ) -> Registration:
     """Fit an affine transform from the template to ``scan``.
 
@@ -274,7 +304,12 @@ def register_template(
         Where ANTs writes its transform files; a temporary folder by default
         (the files must outlive this call, so pass a folder you clean up).
     threshold : float, optional
-        Scan foreground threshold (e.g. -500 for CT in HU); Otsu by default.
+        Scan foreground threshold (e.g. -480 for CT in HU); see
+        :func:`bidsdeface.images.foreground_threshold` by default.
+    brain_only : bool
+        The scan shows the brain and little else (PET): register it to the
+        template's brain instead of its head (pass a ``threshold`` that finds the
+        brain, e.g. :func:`bidsdeface.images.brain_threshold`).
 
     Returns
     -------
@@ -289,8 +324,8 @@ def register_template(
     # antspyx passes --random-seed to ANTs only through this module setting; a fixed
     # seed makes the sampled mutual information, and so the chosen pose, repeatable.
     ants.config._random_seed = config.random_seed
-    scan_image = to_ants(scan.reference, scan.image.affine)
-    template_image = to_ants(template.head, template.affine)
+    scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
+    template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
     fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path)
     coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path)
 
@@ -306,12 +341,12 @@ def register_template(
             initial_transform=[init],
             outprefix=str(work_dir / f"{name}_sim_"),
             aff_metric="meansquares",
-            aff_iterations=(50, 25),
-            aff_shrink_factors=(2, 1),
-            aff_smoothing_sigmas=(1, 0),
+            aff_iterations=SHAPE_ITERATIONS,
+            aff_shrink_factors=SHAPE_SHRINK,
+            aff_smoothing_sigmas=tuple(f // 2 for f in SHAPE_SHRINK),
             aff_random_sampling_rate=0.2,
         )
-        poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), (25,), work_dir))
+        poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), POSE_MI_ITERATIONS, work_dir))
     upright = poses[0]
     challenger = max(poses[1:], key=lambda r: r.mutual_information)
     contenders = [upright]
@@ -326,21 +361,124 @@ def register_template(
     ]
     chosen = _choose_start(refined)
     log.debug("pose %s chosen from %d starting poses", chosen.name, len(poses))
-    best = Registration(chosen.transforms, chosen.score, chosen.name.removesuffix("_refined"), len(poses))
+    best = Registration(
+        chosen.transforms,
+        chosen.score,
+        chosen.name.removesuffix("_refined"),
+        len(poses),
+        "brain" if brain_only else "head",
+    )
     if best.score < config.min_registration_score:
         raise RegistrationError(
-            f"{scan.path}: registration to the head template scored {best.score:.2f} "
+            f"{scan.path}: registration to the template {best.path} scored {best.score:.2f} "
             f"(< {config.min_registration_score:.2f}) after {best.starts_tried} starting poses; not a head, "
             "or an unusual field of view - nothing was written"
         )
     return best
 
 
+def register_through_anatomical(
+    scan: Scan, anatomical: Scan, anatomical_registration: Registration, template: Template, work_dir: Path
+) -> Registration:
+    """Register ``scan`` rigidly to a same-session anatomical scan and chain its template registration.
+
+    The anatomical scan is reduced to its brain (the template brain warped onto it,
+    grown by ANATOMICAL_BRAIN_MARGIN_MM), which is what a PET image shows; mutual information then
+    fits six parameters from aligned centres of mass. The score is the Dice overlap of
+    the template brain, carried through both transforms, with the scan's own
+    foreground (:func:`bidsdeface.images.brain_threshold`).
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan to place (e.g. a PET summary image).
+    anatomical : Scan
+        A T1w of the same subject and session.
+    anatomical_registration : Registration
+        The template registration of ``anatomical``.
+    template : Template
+        Bundled head template.
+    work_dir : Path
+        Where ANTs writes the rigid transform (must outlive the returned object's use).
+
+    Returns
+    -------
+    Registration
+        Transforms mapping scan points to template points.
+    """
+    brain = warp_template_mask(anatomical, template.brain, template, anatomical_registration)
+    brain = dilate_mm(brain, anatomical.zooms, ANATOMICAL_BRAIN_MARGIN_MM)
+    fixed = _working_copy(to_ants(scan.reference, scan.image.affine))
+    moving = _working_copy(to_ants(np.where(brain, anatomical.reference, 0.0), anatomical.image.affine))
+    fixed_mask = head_mask(fixed.numpy(), tuple(fixed.spacing), brain_threshold(fixed.numpy()))
+    moving_mask = moving.numpy() > 0
+    initial = _initial_transform(fixed, fixed_mask, moving, moving_mask, (0, 0, 0), work_dir / "anatomical_init.mat")
+    result = ants.registration(
+        fixed=_normalised(fixed, fixed_mask),
+        moving=_normalised(moving, moving_mask),
+        type_of_transform="Rigid",
+        initial_transform=[initial],
+        outprefix=str(work_dir / "anatomical_rigid_"),
+        aff_metric="mattes",
+        aff_iterations=RIGID_ITERATIONS,
+        aff_shrink_factors=(4, 2, 1),
+        aff_smoothing_sigmas=(2, 1, 0),
+        aff_random_sampling_rate=min(1.0, RIGID_SAMPLES / fixed_mask.size),
+    )
+    transforms = (*anatomical_registration.transforms, *result["fwdtransforms"])
+    chained = Registration(transforms, 0.0, anatomical_registration.start, anatomical_registration.starts_tried)
+    warped_brain = warp_template_mask(scan, template.brain, template, chained)
+    foreground = head_mask(scan.reference, scan.zooms, brain_threshold(scan.reference))
+    return Registration(transforms, _dice(warped_brain, foreground), chained.start, chained.starts_tried, "anatomical")
+
+
+def _working_copy(image: ants.ANTsImage) -> ants.ANTsImage:
+    """Return ``image`` resampled to the working resolution (linear)."""
+    return ants.resample_image(image, (WORK_RESOLUTION_MM,) * 3, use_voxels=False, interp_type=0)
+
+
 def warp_template_mask(
     scan: Scan, template_mask: np.ndarray, template: Template, registration: Registration
 ) -> np.ndarray:
     """Bring a template mask onto the scan's own voxel grid (3D boolean)."""
-    fixed = to_ants(np.zeros(scan.reference.shape, np.float32), scan.image.affine)
-    moving = to_ants(template_mask.astype(np.float32), template.affine)
-    warped = ants.apply_transforms(fixed, moving, list(registration.transforms), interpolator="linear")
-    return warped.numpy() > 0.5
+    return warp_template_masks(scan.reference.shape, scan.image.affine, [template_mask], template, registration)[0]
+
+
+def warp_template_masks(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    template_masks: list[np.ndarray],
+    template: Template,
+    registration: Registration,
+) -> list[np.ndarray]:
+    """Bring template masks onto the grid of ``shape`` and ``affine`` (3D boolean each)."""
+    fixed = to_ants(np.zeros(shape[:3], np.float32), affine)
+    warped = []
+    for template_mask in template_masks:
+        moving = to_ants(template_mask.astype(np.float32), template.affine)
+        image = ants.apply_transforms(fixed, moving, list(registration.transforms), interpolator="linear")
+        warped.append(image.numpy() > 0.5)
+    return warped
+
+
+def scan_masks(
+    scan: Scan, template: Template, registration: Registration, brain_margin_mm: float, head_threshold: float
+) -> ScanMasks:
+    """Return the template's face, ear and brain masks on the scan's grid, the protected brain and the head.
+
+    Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
+    of whole blocks of their voxels, and every voxel takes its block's value: 4x less
+    work for a 0.5 mm CT. The protective margin then grows by the largest distance from a
+    voxel to its block's centre, so it is never thinner than ``brain_margin_mm``.
+    """
+    shape, affine = scan.reference.shape, scan.image.affine
+    block = block_factors(scan.zooms, MASK_RESOLUTION_MM)
+    coarse_shape, coarse_affine = block_grid(shape, affine, block)
+    face, ears, brain = warp_template_masks(
+        coarse_shape, coarse_affine, [template.face, template.ears, template.brain], template, registration
+    )
+    to_block_centre_mm = float(np.linalg.norm([(b - 1) / 2 * z for b, z in zip(block, scan.zooms, strict=True)]))
+    coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
+    protect = dilate_mm(brain, coarse_zooms, brain_margin_mm + to_block_centre_mm)
+    face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
+    return ScanMasks(face, ears, brain, protect, head_mask(scan.reference, scan.zooms, head_threshold))

@@ -9,6 +9,7 @@ import numpy as np
 
 from bidsdeface.config import Config
 from bidsdeface.deface import ScanMasks, deface_image, dilate_mm, removal_mask
+from bidsdeface.qc import measure
 
 CONFIG = Config(bids_dir=Path("."), output_dir=Path("."))
 
@@ -43,7 +44,7 @@ def test_zero_keeps_header_scaling_and_protected_voxels() -> None:
     removed = removal_mask(masks, remove_ears=False)
     assert np.allclose(out.get_fdata()[removed], 0.0, atol=1.0)  # nearest stored value to 0 HU-style
     assert np.array_equal(stored[~removed], data[~removed])
-    assert result.metrics["brain_voxels_touched"] == 0
+    assert measure(data, stored, masks, removed, 0.0)["brain_voxels_touched"] == 0
     assert not np.any(removed & masks.protect)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bidsdeface.errors import ScanError
-from bidsdeface.images import head_mask, load_scan
+from bidsdeface.images import ct_intensities, head_mask, load_scan
 
 from .conftest import SHARED, needs_shared
 
@@ -67,3 +67,36 @@ def test_4d_reference_is_mean(tmp_path: Path) -> None:
     data += rng.normal(0, 1, data.shape).astype(np.float32)
     scan = load_scan(_save(tmp_path, data))
     assert np.allclose(scan.reference, data.mean(axis=3))
+
+
+def test_4d_reference_is_time_weighted_when_durations_fit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.normal(100, 10, (12, 12, 12, 3)).astype(np.float32)
+    data += np.add.outer(np.arange(12.0), np.arange(12.0))[..., None, None].astype(np.float32) * 50
+    path = _save(tmp_path, data)
+    weighted = load_scan(path, [10, 30, 60])
+    assert np.allclose(weighted.reference, np.tensordot(data, np.array([0.1, 0.3, 0.6], np.float32), axes=([3], [0])))
+    assert weighted.summary == "time-weighted mean of 3 frames"
+    for unusable in ([10, 30], [10, 0, 60], "60", None):
+        plain = load_scan(path, unusable)
+        assert plain.summary == "mean of 3 volumes" and np.allclose(plain.reference, data.mean(axis=3))
+
+
+@needs_shared
+def test_ct_table_and_head_holder_are_not_head(converted_dataset: Path) -> None:
+    """A scanner table (100 HU) and a thin holder plate joining it to the head stay out of the head mask."""
+    scan = load_scan(converted_dataset / "sub-ct/anat/sub-ct_ct.nii.gz")
+    plain = ct_intensities(scan.reference)
+    head = head_mask(scan.reference, scan.zooms, plain.head_threshold)
+    with_table = scan.reference.copy()
+    back = int(np.argwhere(head)[:, 1].min())  # posterior edge of the head (axis 1 points anterior)
+    millimetres = scan.zooms[1]
+    table = slice(max(0, back - round(30 / millimetres)), back - round(15 / millimetres))
+    with_table[:, table, :] = 100.0
+    centre = with_table.shape[0] // 2
+    with_table[centre - 2 : centre + 2, table.stop : back + 2, :] = 50.0  # a 2 mm plate touching the head
+    found = ct_intensities(with_table)
+    assert found.storage == "HU" and abs(found.air - plain.air) < 5
+    mask = head_mask(with_table, scan.zooms, found.head_threshold)
+    dice = 2 * np.sum(mask & head) / (mask.sum() + head.sum())
+    assert dice > 0.97, dice

@@ -1,0 +1,237 @@
+"""QC reports: ``qc.tsv``, ``sub-<label>.html`` and ``group_report.html``, rebuilt from the scans' ``_qc.json``.
+
+Every report is made from what is on disk, so a resumed run, another subject's
+run or the group level writes the same files. Reports link figures by relative
+paths and need nothing but a browser; they hold output names, metrics and key
+names only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .derivatives import write_bytes_atomic
+from .qc import STATUS_ORDER
+
+log = logging.getLogger(__name__)
+
+QC_TABLE = "qc.tsv"
+GROUP_REPORT = "group_report.html"
+METRIC_COLUMNS: tuple[str, ...] = (
+    "registration_score",
+    "face_removed_fraction",
+    "face_signal_left",
+    "face_score_before",
+    "face_score_after",
+    "brain_voxels_touched",
+    "face_voxels_removed",
+    "head_voxels_removed",
+    "head_removed_fraction",
+)
+STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "qc", "write")
+STATUS_COLOURS = {"FAIL": "#c62828", "WARN": "#ef6c00", "PASS": "#2e7d32"}
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-top: 1px solid #ccc; padding-top: 1em; }
+.badge { color: #fff; padding: 0.1em 0.5em; border-radius: 0.3em; font-weight: bold; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
+img { max-width: 100%; border: 1px solid #999; background: #000; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+@dataclass(frozen=True)
+class QcSummary:
+    """What the group files hold.
+
+    Attributes
+    ----------
+    statuses : tuple of str
+        The status of every scan with a QC record.
+    table, report : Path
+        ``qc.tsv`` and ``group_report.html``.
+    """
+
+    statuses: tuple[str, ...]
+    table: Path
+    report: Path
+
+    def count(self, status: str) -> int:
+        """Return how many scans have ``status``."""
+        return self.statuses.count(status)
+
+
+def read_qc_records(output_dir: Path, subject: str | None = None) -> list[dict[str, Any]]:
+    """Return the QC records below ``output_dir`` (one subject's, or all), flagged scans first."""
+    pattern = f"sub-{subject}/**/*_qc.json" if subject else "sub-*/**/*_qc.json"
+    records = []
+    for path in sorted(output_dir.glob(pattern)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: unreadable QC record; left out of the reports", path.relative_to(output_dir))
+            continue
+        if isinstance(record, dict) and record.get("Status") in STATUS_ORDER:
+            records.append(record)
+    return sorted(records, key=lambda r: (STATUS_ORDER.index(r["Status"]), r.get("Scan", "")))
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "n/a"
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def qc_table(records: list[dict[str, Any]]) -> str:
+    """Return ``qc.tsv``: one row per scan with status, reasons, metrics and seconds per stage.
+
+    >>> table = qc_table([{"Scan": "sub-1/anat/x.nii.gz", "Status": "PASS", "Metrics": {}, "Seconds": {"qc": 2.0}}])
+    >>> table.splitlines()[1].split(chr(9))[:4]
+    ['sub-1/anat/x.nii.gz', '1', 'PASS', 'n/a']
+    """
+    header = ["scan", "subject", "status", "reasons", *METRIC_COLUMNS, "seconds_total"]
+    header += [f"seconds_{stage}" for stage in STAGES]
+    lines = ["\t".join(header)]
+    for record in records:
+        metrics, seconds = record.get("Metrics", {}), record.get("Seconds", {})
+        row = [
+            record["Scan"],
+            record["Scan"].split("/")[0].removeprefix("sub-"),
+            record["Status"],
+            "; ".join(record.get("Reasons", [])),
+            *(metrics.get(column) for column in METRIC_COLUMNS),
+            round(sum(seconds.values()), 2),
+            *(seconds.get(stage) for stage in STAGES),
+        ]
+        lines.append("\t".join(_cell(value) for value in row))
+    return "\n".join(lines) + "\n"
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{body}\n"
+        f'<p class="note">Made by bidsdeface {html.escape(__version__)}. '
+        "&ldquo;Before&rdquo; views show the removed region pixelated: faces are never drawn.</p>\n"
+        "</body>\n</html>\n"
+    ).encode()
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge" style="background:{STATUS_COLOURS[status]}">{status}</span>'
+
+
+def _counts(records: list[dict[str, Any]]) -> str:
+    statuses = [r["Status"] for r in records]
+    return ", ".join(f"{_badge(s)} {statuses.count(s)}" for s in STATUS_ORDER)
+
+
+def _list(items: list[str], css: str = "") -> str:
+    if not items:
+        return ""
+    return f"<ul{f' class={css!r}' if css else ''}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _scan_section(record: dict[str, Any]) -> str:
+    scan = record["Scan"]
+    metrics = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_cell(v))}</td></tr>" for k, v in record["Metrics"].items()
+    )
+    seconds = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{v:.1f}</td></tr>" for k, v in record.get("Seconds", {}).items()
+    )
+    figures = "".join(
+        f'<figure><img src="{html.escape(path)}" alt="{html.escape(kind)} of {html.escape(scan)}">'
+        f"<figcaption>{html.escape(kind)}</figcaption></figure>"
+        for kind, path in record.get("Figures", {}).items()
+    )
+    return (
+        f'<h2 id="{html.escape(scan)}">{html.escape(Path(scan).name)} {_badge(record["Status"])}</h2>\n'
+        f"{_list(record.get('Reasons', []))}{_list(record.get('Notes', []), 'note')}\n"
+        f'<div class="figures">{figures}</div>\n'
+        f'<div class="figures"><table><tr><th colspan="2">metrics</th></tr>{metrics}</table>'
+        f'<table><tr><th colspan="2">seconds</th></tr>{seconds}</table></div>\n'
+    )
+
+
+def _names(keys: Any) -> str:
+    """Show a scrub record entry: a list of names, or names with what they were flagged as."""
+    if isinstance(keys, dict):
+        return ", ".join(f"{key} ({' / '.join(map(str, kinds))})" for key, kinds in keys.items())
+    return ", ".join(map(str, keys)) if isinstance(keys, list) else str(keys)
+
+
+def _scrub_section(output_dir: Path, label: str) -> str:
+    path = output_dir / f"sub-{label}" / f"sub-{label}_scrub.json"
+    try:
+        files = json.loads(path.read_text()).get("Files", {})
+    except (OSError, ValueError, AttributeError):
+        return '<h2>Metadata scrubbing</h2><p class="note">No scrub record found.</p>'
+    rows = [
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(part)}</td>"
+        f"<td>{html.escape(action)}</td><td>{html.escape(_names(keys))}</td></tr>"
+        for name, parts in sorted(files.items())
+        for part, record in parts.items()
+        for action, keys in record.items()
+    ]
+    return (
+        '<h2>Metadata scrubbing</h2>\n<p class="note">Names of keys, columns and header fields only; '
+        "never their values.</p>\n<table><tr><th>file</th><th>part</th><th>action</th><th>names</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def write_subject_report(output_dir: Path, label: str) -> Path:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` from the subject's QC and scrub records."""
+    records = read_qc_records(output_dir, label)
+    body = f"<p>{len(records)} scan(s): {_counts(records)}</p>\n"
+    body += "".join(_scan_section(record) for record in records)
+    body += _scrub_section(output_dir, label)
+    path = output_dir / f"sub-{label}.html"
+    write_bytes_atomic(path, _page(f"sub-{label}: defacing QC", body))
+    return path
+
+
+def group_report(records: list[dict[str, Any]]) -> bytes:
+    """Return the group report: every scan, FAIL and WARN first, with a thumbnail and its reasons."""
+    rows = []
+    for record in records:
+        scan, metrics = record["Scan"], record.get("Metrics", {})
+        subject = scan.split("/")[0]
+        render = record.get("Figures", {}).get("Render", "")
+        thumbnail = f'<img src="{html.escape(render)}" alt="render of {html.escape(scan)}" width="180">'
+        thumbnail = thumbnail if render else ""
+        rows.append(
+            f'<tr><td><a href="{html.escape(subject)}.html#{html.escape(scan)}">{thumbnail}</a></td>'
+            f'<td><a href="{html.escape(subject)}.html#{html.escape(scan)}">{html.escape(scan)}</a></td>'
+            f"<td>{_badge(record['Status'])}</td><td>{_list(record.get('Reasons', []))}</td>"
+            f"<td>{html.escape(_cell(metrics.get('registration_score')))}</td>"
+            f"<td>{html.escape(_cell(metrics.get('face_signal_left')))}</td>"
+            f"<td>{html.escape(_cell(metrics.get('face_score_after')))}</td></tr>"
+        )
+    body = (
+        f"<p>{len(records)} scan(s): {_counts(records)}. Failed and flagged scans come first; "
+        f'the full table is <a href="{QC_TABLE}">{QC_TABLE}</a>.</p>\n'
+        "<table><tr><th>render</th><th>scan</th><th>QC</th><th>reasons</th><th>registration score</th>"
+        "<th>face tissue left</th><th>face score after</th></tr>" + "".join(rows) + "</table>"
+    )
+    return _page("bidsdeface: group QC", body)
+
+
+def write_group_files(output_dir: Path) -> QcSummary:
+    """Rebuild ``qc.tsv`` and ``group_report.html`` from every QC record in the output."""
+    records = read_qc_records(output_dir)
+    table, report = output_dir / QC_TABLE, output_dir / GROUP_REPORT
+    write_bytes_atomic(table, qc_table(records).encode())
+    write_bytes_atomic(report, group_report(records))
+    return QcSummary(tuple(r["Status"] for r in records), table, report)

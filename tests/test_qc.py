@@ -1,0 +1,165 @@
+"""QC metrics, figures, face check and verdicts: on every real head, and on deliberately broken defacing."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bidsdeface.deface import ScanMasks
+from bidsdeface.qc import LIMITS, judge, measure, png_bytes
+
+from .conftest import BLUR_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
+
+STAGES = {"load", "register", "masks", "deface", "qc", "write"}
+PASSING = {
+    "registration_score": 0.95,
+    "face_removed_fraction": 0.99,
+    "face_signal_left": 0.0,
+    "brain_voxels_touched": 0,
+    "head_voxels_removed": 50_000,
+    "head_removed_fraction": 0.08,
+    "face_check": "run",
+    "face_score_before": 0.8,
+    "face_score_after": None,
+}
+
+
+def png_chunk_types(data: bytes) -> list[str]:
+    """The chunk types of a PNG file, in order."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    types, offset = [], 8
+    while offset < len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        types.append(kind.decode("ascii"))
+        offset += 12 + length
+    return types
+
+
+def test_passing_metrics_pass() -> None:
+    assert judge(PASSING).status == "PASS"
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "words"),
+    [
+        ({"brain_voxels_touched": 5}, "FAIL", "protected brain"),
+        ({"face_score_after": 0.4}, "FAIL", "face is still found"),
+        ({"face_signal_left": 0.6}, "FAIL", "unchanged"),
+        ({"face_signal_left": 0.1}, "WARN", "unchanged"),
+        ({"face_removed_fraction": 0.1}, "FAIL", "face region was removed"),
+        ({"face_removed_fraction": 0.3}, "WARN", "face region was removed"),
+        ({"head_voxels_removed": 0}, "FAIL", "nothing was removed"),
+        ({"registration_score": 0.82}, "WARN", "registration score"),
+        ({"head_removed_fraction": 0.3}, "WARN", "of the head was removed"),
+        ({"face_check": "unavailable"}, "WARN", "face detector"),
+    ],
+)
+def test_each_threshold_flags(change: dict, status: str, words: str) -> None:
+    verdict = judge({**PASSING, **change})
+    assert verdict.status == status
+    assert any(words in reason for reason in verdict.reasons), verdict.reasons
+
+
+def test_inconclusive_face_check_is_a_note_not_a_flag() -> None:
+    verdict = judge({**PASSING, "face_score_before": None, "face_signal_left": None})
+    assert verdict.status == "PASS"
+    assert len(verdict.notes) == 2
+
+
+def test_measure_compares_output_with_input() -> None:
+    before = np.full((10, 10, 10), 100.0)
+    face = np.zeros(before.shape, bool)
+    face[:, 7:, :] = True
+    brain = np.zeros(before.shape, bool)
+    brain[2:5, 2:5, 2:5] = True
+    masks = ScanMasks(face=face, ears=np.zeros_like(face), brain=brain, protect=brain, head=np.ones_like(face))
+    after = before.copy()
+    after[:, 8:, :] = 0  # one face row of three left
+    after[3, 3, 3] = 1  # a brain voxel touched
+    metrics = measure(before, after, masks, face, 50.0)
+    assert metrics["face_signal_left"] == pytest.approx(1 / 3, abs=1e-3)
+    assert metrics["brain_voxels_touched"] == 1
+    assert metrics["face_removed_fraction"] == 1.0
+    assert metrics["head_removed_fraction"] == pytest.approx(0.3)
+
+
+def test_png_has_no_text_or_metadata_chunks() -> None:
+    data = png_bytes(Image.new("RGB", (20, 10), (200, 0, 0)))
+    assert set(png_chunk_types(data)) <= {"IHDR", "PLTE", "IDAT", "IEND", "tRNS"}
+
+
+def _record(run: dict, label: str, out_key: str = "out") -> dict:
+    image = head_paths(run, label, out_key)[1]
+    return json.loads(image.with_name(image.name.replace(".nii.gz", "_qc.json")).read_text())
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("label", HEADS)
+def test_every_head_passes_qc_with_valid_figures(heads_run: dict, label: str) -> None:
+    record = _record(heads_run, label)
+    metrics = record["Metrics"]
+    assert record["Status"] == "PASS", record["Reasons"]
+    assert metrics["brain_voxels_touched"] == 0
+    assert metrics["face_signal_left"] is not None and metrics["face_signal_left"] <= LIMITS.face_signal_left_warn
+    assert metrics["face_removed_fraction"] >= LIMITS.face_removed_warn
+    assert metrics["registration_score"] >= LIMITS.registration_warn
+    assert 0 < metrics["head_removed_fraction"] <= LIMITS.head_removed_warn
+    assert set(record["Seconds"]) == STAGES
+    for relative in record["Figures"].values():
+        data = (heads_run["out"] / relative).read_bytes()
+        assert Path(relative).parts[:2] == (f"sub-{label}", "figures")
+        assert set(png_chunk_types(data)) <= {"IHDR", "PLTE", "IDAT", "IEND", "tRNS"}
+        picture = Image.open(io.BytesIO(data))
+        picture.load()
+        assert min(picture.size) > 200 and len(data) < 600_000
+        assert np.asarray(picture.convert("L")).std() > 10  # not blank
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("label", HEADS)
+def test_face_found_before_and_not_after(heads_run: dict, label: str) -> None:
+    metrics = _record(heads_run, label)["Metrics"]
+    assert metrics["face_check"] == "run"
+    after = metrics["face_score_after"]
+    assert after is None or after < LIMITS.face_score, f"face found after defacing (score {after})"
+    if label in FULL_FACE_HEADS:
+        before = metrics["face_score_before"]
+        assert before is not None and before >= LIMITS.face_score, f"no face found before defacing ({before})"
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("label", BLUR_HEADS)
+def test_blurred_faces_pass_qc(heads_run: dict, label: str) -> None:
+    record = _record(heads_run, label, "blurred")
+    assert record["Status"] == "PASS", record["Reasons"]
+    assert record["Metrics"]["face_signal_left"] <= LIMITS.face_signal_left_warn
+
+
+@needs_shared
+@pytest.mark.slow
+def test_undefaced_input_passed_off_as_output_fails(broken_cases: dict) -> None:
+    quality = broken_cases["undefaced"]
+    assert quality.verdict.status == "FAIL"
+    assert quality.metrics["face_signal_left"] == 1.0
+    assert quality.metrics["face_score_after"] >= LIMITS.face_score
+    assert any("face is still found" in reason for reason in quality.verdict.reasons)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_mask_placed_with_a_wrong_transform_fails(broken_cases: dict) -> None:
+    quality = broken_cases["wrong_transform"]
+    assert quality.verdict.status == "FAIL"
+    assert quality.metrics["brain_voxels_touched"] > 0
+    assert quality.metrics["face_signal_left"] > LIMITS.face_signal_left_fail
+    assert quality.metrics["face_score_after"] is not None
+    assert quality.metrics["face_score_after"] >= LIMITS.face_score

@@ -1,0 +1,166 @@
+"""QC table and HTML reports: per subject, group level (flagged first), and rendered in a real headless browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bidsdeface.cli import main
+from bidsdeface.derivatives import write_json_atomic
+from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files
+
+from .conftest import HEADS, head_paths, needs_shared
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+
+
+class _Page(HTMLParser):
+    """Collects image sources, link targets and the text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values["src"] or "")
+        if tag == "a":
+            self.links.append(values["href"] or "")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert path.read_text().startswith("<!DOCTYPE html>")
+    return page
+
+
+def _write_record(output_dir: Path, subject: str, status: str, reasons: list[str]) -> None:
+    scan = f"sub-{subject}/anat/sub-{subject}_desc-defaced_T1w.nii.gz"
+    record = {"Scan": scan, "Status": status, "Reasons": reasons, "Notes": [], "Metrics": {}, "Seconds": {}}
+    write_json_atomic(output_dir / scan.replace(".nii.gz", "_qc.json"), record)
+
+
+def test_group_files_list_flagged_scans_first(tmp_path: Path) -> None:
+    _write_record(tmp_path, "a", "PASS", [])
+    _write_record(tmp_path, "b", "WARN", ["registration score 0.82 is low"])
+    _write_record(tmp_path, "c", "FAIL", ["<script>alert(1)</script>"])
+    (tmp_path / "sub-d").mkdir()
+    (tmp_path / "sub-d" / "sub-d_desc-defaced_T1w_qc.json").write_text("{not json")
+    assert [r["Status"] for r in read_qc_records(tmp_path)] == ["FAIL", "WARN", "PASS"]
+    summary = write_group_files(tmp_path)
+    assert (summary.count("FAIL"), summary.count("WARN"), summary.count("PASS")) == (1, 1, 1)
+    rows = (tmp_path / QC_TABLE).read_text().splitlines()
+    assert [row.split("\t")[2] for row in rows[1:]] == ["FAIL", "WARN", "PASS"]
+    report = (tmp_path / GROUP_REPORT).read_text()
+    assert report.index("sub-c") < report.index("sub-b") < report.index("sub-a")
+    assert "<script>" not in report and "&lt;script&gt;" in report
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("label", HEADS)
+def test_subject_report_shows_figures_metrics_and_scrubbed_keys(heads_run: dict, label: str) -> None:
+    out = heads_run["out"]
+    page = parse(out / f"sub-{label}.html")
+    assert len(page.images) == 2
+    for source in page.images:
+        assert not source.startswith(("/", "http")) and (out / source).is_file()
+    text = " ".join(page.text)
+    for words in ("PASS", "registration_score", "face_signal_left", "Metadata scrubbing", "seconds"):
+        assert words in text
+    assert head_paths(heads_run, label)[1].name in text
+
+
+@needs_shared
+@pytest.mark.slow
+def test_group_level_puts_the_broken_scan_first(heads_run: dict, broken_cases: dict, tmp_path: Path) -> None:
+    """A FAIL scan added to a copy of the real output comes first in the group report and table."""
+    from bidsdeface.pipeline import OutputPaths, qc_record
+
+    out = tmp_path / "out"
+    shutil.copytree(heads_run["out"], out, copy_function=os.link)
+    anat = out / "sub-broken" / "anat"
+    anat.mkdir(parents=True)
+    os.link(head_paths(heads_run, "prismaHFP")[0], anat / "sub-broken_desc-defaced_T1w.nii.gz")
+    figures = out / "sub-broken" / "figures"
+    paths = OutputPaths(
+        image=anat / "sub-broken_desc-defaced_T1w.nii.gz",
+        sidecar=anat / "sub-broken_desc-defaced_T1w.json",
+        mask=anat / "sub-broken_mod-T1w_defacemask.nii.gz",
+        mask_sidecar=anat / "sub-broken_mod-T1w_defacemask.json",
+        qc=anat / "sub-broken_desc-defaced_T1w_qc.json",
+        mosaic=figures / "sub-broken_desc-defaced_T1w_mosaic.png",
+        render=figures / "sub-broken_desc-defaced_T1w_render.png",
+    )
+    quality = broken_cases["undefaced"]
+    figures.mkdir()
+    paths.mosaic.write_bytes(quality.figures.mosaic)
+    paths.render.write_bytes(quality.figures.render)
+    write_json_atomic(paths.qc, qc_record(out, paths, quality, {"registration_path": "head to template"}, {"qc": 1.0}))
+    for stale in (out / QC_TABLE, out / GROUP_REPORT):
+        stale.unlink()
+    assert main([str(heads_run["bids"]), str(out), "group"]) == 0
+    rows = (out / QC_TABLE).read_text().splitlines()
+    assert len(rows) == 1 + len(HEADS) + 1
+    assert rows[1].split("\t")[:3] == ["sub-broken/anat/sub-broken_desc-defaced_T1w.nii.gz", "broken", "FAIL"]
+    page = parse(out / GROUP_REPORT)
+    assert page.images[0] == "sub-broken/figures/sub-broken_desc-defaced_T1w_render.png"
+    assert len(page.images) == len(HEADS) + 1 and all((out / source).is_file() for source in page.images)
+    scan_links = [link for link in page.links if link != QC_TABLE]
+    assert scan_links[0] == "sub-broken.html#sub-broken/anat/sub-broken_desc-defaced_T1w.nii.gz"
+    assert (out / "sub-broken.html").is_file()
+
+
+@needs_shared
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(heads_run: dict, tmp_path: Path) -> None:
+    """Debian's chromium opens the subject report offline; the screenshot shows the figures."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    report = heads_run["out"] / "sub-prismaHFP.html"
+    screenshot = tmp_path / "sub-prismaHFP.png"
+    command = [
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={screenshot}",
+        "--window-size=1200,1400",
+        report.as_uri(),
+    ]
+    subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert screenshot.is_file(), "chromium wrote no screenshot"
+    if os.environ.get("BIDSDEFACE_KEEP_SCREENSHOT"):
+        shutil.copyfile(screenshot, os.environ["BIDSDEFACE_KEEP_SCREENSHOT"])
+    grey = np.asarray(Image.open(screenshot).convert("L"))
+    # The page is white; the figures are dark (black backgrounds, grey heads). A
+    # missing image would leave a white page with a small broken-image icon.
+    dark = grey < 40
+    assert dark.mean() > 0.15, f"only {dark.mean():.0%} of the screenshot is figure"
+    rows_with_figure = np.nonzero(dark.mean(axis=1) > 0.3)[0]
+    assert rows_with_figure.size > 300
