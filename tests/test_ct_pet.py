@@ -29,7 +29,7 @@ from scipy.spatial.transform import Rotation
 from bidsdeface.cli import main
 from bidsdeface.images import ct_intensities
 
-from .conftest import SHARED, make_dataset, needs_shared, run_validator, tree_digest
+from .conftest import PARALLEL, SHARED, make_dataset, needs_shared, run_validator, tree_digest
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -115,7 +115,7 @@ def ct_pet_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path
     participants = "participant_id\n" + "".join(f"sub-{s}\n" for s in [*scans, "pet3d", "petmr"])
     (bids / "participants.tsv").write_text(participants)
     before = tree_digest(bids)
-    code = main([str(bids), str(out), "participant"])
+    code = main([str(bids), str(out), "participant", *PARALLEL])
     return {"bids": bids, "out": out, "code": code, "before": before}
 
 
