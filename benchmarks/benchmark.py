@@ -448,8 +448,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--omp-nthreads", type=int, default=2, help="passed to bidsdeface --omp-nthreads")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR", help="copy each run's log to DIR")
+    parser.add_argument(
+        "--resources",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the slowest wall time and largest peak memory per scan kind (mri, ct, pet) as JSON: "
+        "bidsdeface/measured_resources.json sizes SLURM tasks (--write-slurm-array)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)")
     return parser
+
+
+def resources_record(results: Sequence[Result], omp_nthreads: int) -> dict:
+    """Return the per-kind worst cases of the heads that ran (the SLURM task sizing data)."""
+    from bidsdeface.slurm import scan_kind
+
+    per_kind: dict[str, dict] = {}
+    for result in results:
+        if result.status != "ok" or result.wall_s is None or result.peak_rss_gb is None:
+            continue
+        kind = per_kind.setdefault(
+            scan_kind(HEADS_BY_NAME[result.head].suffix), {"WallSeconds": 0.0, "PeakRssGB": 0.0, "Heads": []}
+        )
+        kind["WallSeconds"] = max(kind["WallSeconds"], round(result.wall_s, 1))
+        kind["PeakRssGB"] = max(kind["PeakRssGB"], round(result.peak_rss_gb, 2))
+        kind["Heads"].append(result.head)
+    return {
+        "Description": "Slowest wall time (process start to exit, one scan) and largest peak resident memory "
+        "per scan kind, measured by benchmarks/benchmark.py; petmr's wall time covers its T1w too.",
+        "Measured": time.strftime("%Y-%m-%d"),
+        "Machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}",
+        "OmpThreads": omp_nthreads,
+        "PerScan": dict(sorted(per_kind.items())),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -483,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(tsv_table(results) if args.out.suffix.lower() == ".tsv" else markdown)
         log.info("table written to %s", args.out)
+    if args.resources is not None:
+        args.resources.write_text(json.dumps(resources_record(results, args.omp_nthreads), indent=2) + "\n")
+        log.info("per-kind resources written to %s", args.resources)
     return 0 if all(r.status == "ok" for r in results) else 1
 
 

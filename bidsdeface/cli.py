@@ -21,7 +21,9 @@ from .errors import (
     EXIT_UNKNOWN_LEVEL,
     EXIT_USAGE,
     BidsDefaceError,
+    Terminated,
     UsageError,
+    sigterm_raises,
 )
 from .policy import SitePolicy, read_policy_file
 
@@ -29,6 +31,7 @@ log = logging.getLogger("bidsdeface")
 
 ANALYSIS_LEVELS = ("participant", "group")
 DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
+CONTAINER_IMAGE_ENV = "BIDSDEFACE_CONTAINER_IMAGE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
             "select no scans; 64 usage error; 65 some scans failed (the others were written); 66 no "
-            "usable input; 70 internal error; 73 cannot write the output. "
-            "Example: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02"
+            "usable input; 70 internal error; 73 cannot write the output; 143 stopped by SIGTERM (finished scans "
+            "are kept, partial ones removed: run again to complete). "
+            "Examples: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02; "
+            "bidsdeface /data/ds /data/ds-defaced participant --write-slurm-array ~/deface.sbatch; "
+            "bash ~/deface.sbatch"
         ),
         formatter_class=_HelpFormatter,
     )
@@ -213,11 +219,92 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
     _add_scrub_options(parser, pseudonymize=True)
+    hpc = parser.add_argument_group(
+        "clusters (SLURM)",
+        "Write a job-array script instead of processing: one subject per task (from participants.tsv and the "
+        "label filters), every option above passed on, resources per task from the benchmark measurements, "
+        "and a group-level job that runs after all tasks. `bash FILE` submits both. Tasks write into one "
+        "OUTPUT_DIR at once safely; a killed task leaves no partial files and a resubmitted one finishes.",
+    )
+    hpc.add_argument(
+        "--write-slurm-array",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the SLURM job-array script to FILE (outside both datasets) and exit; needs participant",
+    )
+    hpc.add_argument(
+        "--slurm-max-parallel",
+        type=_positive_int,
+        default=20,
+        metavar="M",
+        help="at most M tasks at a time (--array=1-N%%M)",
+    )
+    hpc.add_argument("--slurm-partition", default="", metavar="NAME", help="SLURM partition for the tasks")
+    hpc.add_argument("--slurm-account", default="", metavar="NAME", help="SLURM account to charge")
+    hpc.add_argument(
+        "--slurm-log-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="task logs (default: logs/ beside FILE; the logs name input labels, so keep them private)",
+    )
+    hpc.add_argument(
+        "--apptainer-image",
+        default="",
+        metavar="IMAGE",
+        help="run each task in this container (a .sif file or docker://...) with apptainer, binding the "
+        "input read-only and the output and private folders at the same paths",
+    )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
     )
     parser.add_argument("--version", action="version", version=f"bidsdeface {__version__}")
     return parser
+
+
+# Options the SLURM script sets per task itself, or must not write down (the key is a secret).
+NOT_PASSED_TO_TASKS = frozenset(
+    {
+        "participant_label",
+        "skip_bids_validation",
+        "nprocs",
+        "omp_nthreads",
+        "date_shift_key",
+        "write_slurm_array",
+        "slurm_max_parallel",
+        "slurm_partition",
+        "slurm_account",
+        "slurm_log_dir",
+        "apptainer_image",
+    }
+)
+
+
+def task_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Return the options a SLURM task needs to repeat this run: those given, paths made absolute.
+
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["in", "out", "participant", "--method", "blur", "-vv", "--nprocs", "2"])
+    >>> task_options(parser, args)
+    ['--method', 'blur', '--verbose', '--verbose']
+    """
+    options: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in NOT_PASSED_TO_TASKS or action.default == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = next(option for option in action.option_strings if option.startswith("--"))
+        if isinstance(action, argparse._StoreTrueAction):
+            options.append(flag)
+        elif isinstance(action, argparse._CountAction):
+            options += [flag] * value
+        else:
+            values = value if isinstance(value, list) else [value]
+            options += [flag, *(str(v.absolute()) if isinstance(v, Path) else str(v) for v in values)]
+    return options
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -245,6 +332,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         overwrite=args.overwrite,
         pseudonymize=args.pseudonymize,
+        container_image=os.environ.get(CONTAINER_IMAGE_ENV) or None,
         **_scrub_settings(args),
     )
 
@@ -281,8 +369,11 @@ def _guarded(work: Callable[[], int]) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted")
+        log.error("interrupted: finished scans are kept, partial ones removed; run again to complete")
         return 130
+    except Terminated as exc:
+        log.error("terminated (SIGTERM): finished scans are kept, partial ones removed; run again to complete")
+        return int(exc.code)
     except Exception as exc:
         log.debug("details", exc_info=True)
         log.error("internal error: %s: %s (run with -v for the traceback)", type(exc).__name__, exc)
@@ -297,15 +388,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from .pipeline import run_group, run_participant
+    from .pipeline import run_group, run_participant, validate_input
+    from .slurm import ArraySettings, write_array_script
 
     log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
 
     def work() -> int:
         config = config_from_args(args)
+        if args.write_slurm_array is not None:
+            if config.analysis_level != "participant":
+                raise UsageError("--write-slurm-array writes participant-level tasks: give 'participant'")
+            validate_input(config)
+            settings = ArraySettings(
+                args.write_slurm_array.absolute(),
+                args.slurm_max_parallel,
+                args.slurm_partition,
+                args.slurm_account,
+                args.apptainer_image,
+                None if args.slurm_log_dir is None else args.slurm_log_dir.absolute(),
+            )
+            write_array_script(config, settings, task_options(parser, args))
+            return EXIT_OK
         return run_participant(config) if config.analysis_level == "participant" else run_group(config)
 
-    return _guarded(work)
+    with sigterm_raises():
+        return _guarded(work)
 
 
 def build_convert_parser() -> argparse.ArgumentParser:
@@ -410,7 +517,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
         log.info("finished: %d series converted, %d skipped by rule, %d failed", converted, skipped, failed)
         return EXIT_DATA if failed else EXIT_OK
 
-    return _guarded(work)
+    with sigterm_raises():
+        return _guarded(work)
 
 
 if __name__ == "__main__":

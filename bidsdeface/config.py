@@ -69,6 +69,9 @@ class Config:
     private_dir : Path or None
         Where offsets and pseudonyms are kept (never inside the output); beside
         the output when None.
+    container_image : str or None
+        The docker image this run is in (from ``$BIDSDEFACE_CONTAINER_IMAGE``, set by
+        the image), recorded in ``GeneratedBy``.
     """
 
     bids_dir: Path
@@ -93,6 +96,7 @@ class Config:
     date_shift_key: str | None = field(default=None, repr=False)
     pseudonymize: bool = False
     private_dir: Path | None = None
+    container_image: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

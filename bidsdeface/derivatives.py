@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,9 +18,12 @@ from . import __version__
 from .config import Config
 from .policy import DEVICE_IDENTITY_KEYS
 
+log = logging.getLogger(__name__)
+
 CODE_URL = "https://github.com/bidsdeface/bidsdeface"
 BIDS_VERSION = "1.10.0"
 TEMP_PREFIX = ".bidsdeface-tmp-"
+LOCK_FOLDER = ".bidsdeface-locks"
 # BIDS entity order; a defacemask may carry only MASK_ENTITIES, so the others of its
 # source (echo, part, inv...) are folded into its desc label to keep names unique.
 ENTITY_ORDER: tuple[str, ...] = (
@@ -148,73 +153,168 @@ def figure_name(output_dir: Path, relpath: Path, kind: str) -> Path:
     return output_dir / relpath.parts[0] / "figures" / defaced_name(relpath.name, f"_{kind}.png")
 
 
+class StagedFiles:
+    """Files written under hidden temporary names and renamed into place together by :meth:`commit`.
+
+    Writing (compression, figures) takes seconds; the renames take microseconds and
+    happen in the order the files were staged. A run killed while writing leaves
+    only hidden temporaries (swept by :func:`remove_stale_temporaries`), never a
+    truncated file under a final name.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path(self, final: Path) -> Path:
+        """Return a new temporary path that :meth:`commit` renames to ``final``.
+
+        It keeps ``final``'s extensions, so writers pick the right format.
+        """
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{final.name}", dir=final.parent)
+        os.close(handle)
+        self._pending.append((Path(temp_name), final))
+        return Path(temp_name)
+
+    def write_bytes(self, final: Path, data: bytes) -> None:
+        """Stage ``data`` for ``final``."""
+        self.path(final).write_bytes(data)
+
+    def write_json(self, final: Path, content: dict[str, Any]) -> None:
+        """Stage a JSON file (insertion order, 2-space indent)."""
+        self.write_bytes(final, json_bytes(content))
+
+    def write_nifti(self, final: Path, image: nib.Nifti1Image) -> None:
+        """Stage a NIfTI image."""
+        nib.save(image, self.path(final))
+
+    def commit(self) -> None:
+        """Flush every staged file to disk, then rename them into place in order."""
+        for temp, _ in self._pending:
+            with open(temp, "rb+") as stream:
+                os.fsync(stream.fileno())
+            os.chmod(temp, 0o644)
+        while self._pending:
+            temp, final = self._pending.pop(0)
+            os.replace(temp, final)
+
+    def discard(self) -> None:
+        """Delete the temporaries not yet committed."""
+        for temp, _ in self._pending:
+            temp.unlink(missing_ok=True)
+        self._pending.clear()
+
+
+@contextlib.contextmanager
+def staged_files() -> Iterator[StagedFiles]:
+    """Yield a :class:`StagedFiles`; commit it on success, delete its temporaries on any exit."""
+    staged = StagedFiles()
+    try:
+        yield staged
+        staged.commit()
+    finally:
+        staged.discard()
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it into place on success.
+    """Yield a temporary path beside ``final``; rename it into place on success."""
+    with staged_files() as staged:
+        yield staged.path(final)
 
-    The temporary name keeps ``final``'s extensions (so writers pick the right
-    format) and starts with a dot, so half-written files are never under a final
-    name and are easy to sweep up (:func:`remove_stale_temporaries`).
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{final.name}", dir=final.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        yield temp
-        with open(temp, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
+
+def json_bytes(content: dict[str, Any]) -> bytes:
+    """Encode a JSON object as written everywhere (insertion order, 2-space indent, UTF-8)."""
+    return (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as temp:
-        temp.write_bytes(data)
+    with staged_files() as staged:
+        staged.write_bytes(path, data)
 
 
 def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
     """Write a JSON file atomically (insertion order, 2-space indent)."""
-    write_bytes_atomic(path, (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(content))
 
 
 def write_nifti_atomic(path: Path, image: nib.Nifti1Image) -> None:
     """Save a NIfTI image atomically (gzip header without name or time)."""
-    with atomic_path(path) as temp:
-        nib.save(image, temp)
+    with staged_files() as staged:
+        staged.write_nifti(path, image)
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files left by a killed run below ``folder``; return how many."""
+def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
+    """Delete temporary files left by a killed run in ``folder`` (and below); return how many.
+
+    Call it only while holding the lock of whatever writes there (:func:`output_lock`).
+    """
     removed = 0
     if folder.is_dir():
-        for stale in folder.rglob(f"{TEMP_PREFIX}*"):
-            stale.unlink(missing_ok=True)
-            removed += 1
+        for stale in (folder.rglob if recursive else folder.glob)(f"{TEMP_PREFIX}*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 
-def dataset_description(source: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def output_lock(output_dir: Path, name: str) -> Iterator[None]:
+    """Hold the exclusive lock ``name`` shared by every bidsdeface process writing into ``output_dir``.
+
+    Participant runs hold ``sub-<label>`` while they write a subject, and ``dataset``
+    while they write the files shared by all subjects. The lock files are empty and
+    hidden (``.bidsdeface-locks/``, ignored by BIDS tools); the kernel releases a lock
+    when its process dies, so a killed run never leaves a stale one. On a file
+    system without locks (some Lustre mounts) this warns and goes on unlocked.
+    """
+    folder = output_dir / LOCK_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "a") as handle:
+        locked = _acquire(handle.fileno(), name)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _acquire(descriptor: int, name: str) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for another bidsdeface run to finish writing %s", name)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError as exc:
+        log.warning("the output folder's file system does not support locks (%s); writing %s unlocked", exc, name)
+        return False
+    return True
+
+
+def dataset_description(source: dict[str, Any], container: str | None = None) -> dict[str, Any]:
     """Return the derivative ``dataset_description.json`` content.
 
-    It depends only on the input's description and this version, so every
+    It depends only on the input's description, this version and the container
+    image (``container``, a docker reference, when run inside it), so every
     concurrent participant run writes identical bytes.
+
+    >>> dataset_description({}, "bidsdeface/bidsdeface:1.0")["GeneratedBy"][0]["Container"]
+    {'Type': 'docker', 'Tag': 'bidsdeface/bidsdeface:1.0'}
     """
+    generated_by: dict[str, Any] = {
+        "Name": "bidsdeface",
+        "Version": __version__,
+        "CodeURL": CODE_URL,
+        "Description": "Face (and optionally ear) removal with brain protection, and metadata scrubbing",
+    }
+    if container:
+        generated_by["Container"] = {"Type": "docker", "Tag": container}
     description: dict[str, Any] = {
         "Name": f"{source.get('Name', 'BIDS dataset')} (defaced with bidsdeface)",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [
-            {
-                "Name": "bidsdeface",
-                "Version": __version__,
-                "CodeURL": CODE_URL,
-                "Description": "Face (and optionally ear) removal with brain protection, and metadata scrubbing",
-            }
-        ],
+        "GeneratedBy": [generated_by],
     }
     for key in ("License", "Authors", "Acknowledgements", "HowToAcknowledge", "Funding"):
         if key in source:
@@ -224,15 +324,21 @@ def dataset_description(source: dict[str, Any]) -> dict[str, Any]:
     return description
 
 
-def write_dataset_files(output_dir: Path, source_description: dict[str, Any]) -> None:
-    """Write ``dataset_description.json`` and ``.bidsignore`` unless identical ones exist."""
+def write_dataset_files(output_dir: Path, source_description: dict[str, Any], container: str | None = None) -> None:
+    """Write ``dataset_description.json``, ``.bidsignore`` and ``README.md`` unless identical ones exist.
+
+    Call it holding the ``dataset`` :func:`output_lock`: the first run creates the
+    files, later ones find them identical and leave them alone. Files from another
+    version or another input description are replaced (and logged).
+    """
     files = {
-        output_dir / "dataset_description.json": (
-            json.dumps(dataset_description(source_description), indent=2, ensure_ascii=False) + "\n"
-        ).encode(),
+        output_dir / "dataset_description.json": json_bytes(dataset_description(source_description, container)),
         output_dir / ".bidsignore": ("\n".join(BIDSIGNORE_LINES) + "\n").encode(),
         output_dir / "README.md": DERIVATIVE_README.encode(),
     }
     for path, content in files.items():
-        if not path.is_file() or path.read_bytes() != content:
-            write_bytes_atomic(path, content)
+        if path.is_file() and path.read_bytes() == content:
+            continue
+        if path.is_file():
+            log.info("%s: replaced (written by another bidsdeface version or for another input)", path.name)
+        write_bytes_atomic(path, content)

@@ -8,6 +8,12 @@ no files, 64 usage error, 65 some scans could not be processed (bad data),
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 16
 EXIT_UNKNOWN_LEVEL = 17
@@ -17,6 +23,7 @@ EXIT_DATA = 65
 EXIT_NO_INPUT = 66
 EXIT_INTERNAL = 70
 EXIT_CANT_CREATE = 73
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class BidsDefaceError(Exception):
@@ -79,3 +86,37 @@ class ToolError(BidsDefaceError):
     """An external program failed; the message names it, its version and stderr tail."""
 
     exit_code = EXIT_INTERNAL
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: a cluster job was cancelled or hit its time limit, or a container was stopped.
+
+    A ``SystemExit`` with code 143: per-scan error handling does not swallow it,
+    ``finally`` blocks still delete temporaries on the way out, and a worker
+    process ends with that code without printing a traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_TERMINATED)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (call from a main program or worker start)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while in the block (main thread only), then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,8 +9,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ from .derivatives import (
     deidentification,
     figure_name,
     mask_name,
+    output_lock,
     remove_stale_temporaries,
-    write_bytes_atomic,
+    staged_files,
     write_dataset_files,
-    write_json_atomic,
-    write_nifti_atomic,
 )
 from .discover import ScanJob, find_scans, read_dataset_description, read_metadata
 from .errors import (
@@ -41,6 +39,7 @@ from .errors import (
     NoInputError,
     OutputError,
     UsageError,
+    terminate_on_sigterm,
 )
 from .identity import (
     SubjectIdentity,
@@ -59,6 +58,8 @@ from .templates import Template, load_template
 from .tools import run
 
 log = logging.getLogger(__name__)
+
+DATASET_LOCK = "dataset"
 
 
 @dataclass(frozen=True)
@@ -214,42 +215,43 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             "reference_volume": scan.summary,
             **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
         }
-        with timer.stage("write"):
-            modality = scrub_modality(job.suffix, job.datatype)
-            clean_metadata, sidecar_report = scrub_sidecar(
-                metadata, modality, config.scrub_policy, identity.date_offset
-            )
-            header_report = scrub_nifti_header(result.image)
-            mask = _mask_image(result.removed, scan.image)
-            scrub_nifti_header(mask)
-            sources = [f"bids:raw:{shown}"]
-            methods, codes = deidentification(config, identity.date_offset is not None)
-            write_nifti_atomic(outputs.mask, mask)
-            write_json_atomic(
-                outputs.mask_sidecar,
+        with staged_files() as staged:
+            with timer.stage("write"):
+                modality = scrub_modality(job.suffix, job.datatype)
+                clean_metadata, sidecar_report = scrub_sidecar(
+                    metadata, modality, config.scrub_policy, identity.date_offset
+                )
+                header_report = scrub_nifti_header(result.image)
+                mask = _mask_image(result.removed, scan.image)
+                scrub_nifti_header(mask)
+                sources = [f"bids:raw:{shown}"]
+                methods, codes = deidentification(config, identity.date_offset is not None)
+                staged.write_nifti(outputs.mask, mask)
+                staged.write_json(
+                    outputs.mask_sidecar,
+                    {
+                        "Description": "Voxels replaced by defacing (1) in the source scan's grid",
+                        "SkullStripped": False,
+                        "Sources": sources,
+                        "Type": "Deface",
+                    },
+                )
+                staged.write_nifti(outputs.image, result.image)
+                staged.write_bytes(outputs.mosaic, quality.figures.mosaic)
+                staged.write_bytes(outputs.render, quality.figures.render)
+            # The QC record carries every stage's time; the sidecar, renamed into place last, marks the scan finished.
+            staged.write_json(outputs.qc, qc_record(config.output_dir, outputs, quality, method_record, timer.seconds))
+            staged.write_json(
+                outputs.sidecar,
                 {
-                    "Description": "Voxels replaced by defacing (1) in the source scan's grid",
+                    **clean_metadata,
+                    "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
                     "SkullStripped": False,
                     "Sources": sources,
-                    "Type": "Deface",
+                    "DeidentificationMethod": methods,
+                    "DeidentificationMethodCodeSequence": codes,
                 },
             )
-            write_nifti_atomic(outputs.image, result.image)
-            write_bytes_atomic(outputs.mosaic, quality.figures.mosaic)
-            write_bytes_atomic(outputs.render, quality.figures.render)
-        # The QC record carries every stage's time; the sidecar, written last, marks the scan finished.
-        write_json_atomic(outputs.qc, qc_record(config.output_dir, outputs, quality, method_record, timer.seconds))
-        write_json_atomic(
-            outputs.sidecar,
-            {
-                **clean_metadata,
-                "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
-                "SkullStripped": False,
-                "Sources": sources,
-                "DeidentificationMethod": methods,
-                "DeidentificationMethodCodeSequence": codes,
-            },
-        )
     except BidsDefaceError as exc:
         return ScanOutcome(shown, "failed", _hide_input_names(str(exc), job, identity, shown), seconds=timer.seconds)
     except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
@@ -373,25 +375,30 @@ def validate_input(config: Config) -> None:
     log.info("input dataset is valid BIDS (%.1f s)", time.perf_counter() - started)
 
 
-def _init_worker(threads: int) -> None:
+def _set_threads(threads: int) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+
+
+def _init_worker(threads: int) -> None:
+    _set_threads(threads)
+    terminate_on_sigterm()
 
 
 def _map_scans(
     jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
 ) -> Iterator[tuple[ScanJob, ScanOutcome]]:
     if config.nprocs == 1 or len(jobs) == 1:
-        _init_worker(config.omp_nthreads)
+        _set_threads(config.omp_nthreads)
         for job in jobs:
             yield job, process_scan(job, config, identities[job.subject])
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=config.nprocs, mp_context=context, initializer=_init_worker, initargs=(config.omp_nthreads,)
-    ) as pool:
-        futures = [(job, pool.submit(process_scan, job, config, identities[job.subject])) for job in jobs]
-        for job, future in futures:
-            yield job, future.result()
+    # Leaving the pool terminates its workers: on SIGTERM or Ctrl-C they stop at once
+    # (deleting their temporaries) instead of finishing the queue.
+    with context.Pool(config.nprocs, initializer=_init_worker, initargs=(config.omp_nthreads,)) as pool:
+        pending = [(job, pool.apply_async(process_scan, (job, config, identities[job.subject]))) for job in jobs]
+        for job, result in pending:
+            yield job, result.get()
 
 
 def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | None = None) -> int:
@@ -415,38 +422,53 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     jobs = find_scans(config)
     subjects = sorted({job.subject for job in jobs})
     log.info("%d scan(s) of %d subject(s) to process", len(jobs), len(subjects))
-    write_dataset_files(config.output_dir, source_description)
+    with output_lock(config.output_dir, DATASET_LOCK):
+        write_dataset_files(config.output_dir, source_description, config.container_image)
+        remove_stale_temporaries(config.output_dir, recursive=False)
     identities = _resolve_identities(config, jobs)
-    for identity in identities.values():
-        stale = remove_stale_temporaries(config.output_dir / f"sub-{identity.output_label}")
-        if stale:
-            log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
     failed = 0
-    scrub_records: dict[str, dict[str, Any]] = {subject: {} for subject in subjects}
-    for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
-        failed += outcome.status == "failed"
-        progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
-        if outcome.status == "failed":
-            log.error("%s: FAILED: %s", progress, outcome.message)
-        elif outcome.status == "skipped":
-            log.info("%s: skipped, %s", progress, outcome.message)
-        else:
-            _log_done(progress, outcome)
-            scrub_records[job.subject].update(outcome.metrics["scrub"])
-        if on_outcome is not None:
-            on_outcome(outcome)
-    for subject, identity in identities.items():
-        if (config.output_dir / f"sub-{identity.output_label}").is_dir():
-            tables = write_subject_tables(config, identity)
-            records = {**scrub_records[subject], **{name: {"Table": r.as_record()} for name, r in tables.items()}}
-            write_scrub_record(config, identity, records)
-            write_subject_report(config.output_dir, identity.output_label)
-    _log_qc_summary(write_group_files(config.output_dir))
-    participants = write_participants(config)
-    if participants is not None and participants.removed:
-        log.info("participants.tsv: column(s) not shared: %s", ", ".join(participants.removed))
+    with ExitStack() as subject_locks:
+        for identity in sorted(identities.values(), key=lambda identity: identity.output_label):
+            subject_locks.enter_context(output_lock(config.output_dir, f"sub-{identity.output_label}"))
+            stale = remove_stale_temporaries(config.output_dir / f"sub-{identity.output_label}")
+            if stale:
+                log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
+        scrub_records: dict[str, dict[str, Any]] = {subject: {} for subject in subjects}
+        for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
+            failed += outcome.status == "failed"
+            progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
+            if outcome.status == "failed":
+                log.error("%s: FAILED: %s", progress, outcome.message)
+            elif outcome.status == "skipped":
+                log.info("%s: skipped, %s", progress, outcome.message)
+            else:
+                _log_done(progress, outcome)
+                scrub_records[job.subject].update(outcome.metrics["scrub"])
+            if on_outcome is not None:
+                on_outcome(outcome)
+        for subject, identity in identities.items():
+            if (config.output_dir / f"sub-{identity.output_label}").is_dir():
+                tables = write_subject_tables(config, identity)
+                records = {**scrub_records[subject], **{name: {"Table": r.as_record()} for name, r in tables.items()}}
+                write_scrub_record(config, identity, records)
+                write_subject_report(config.output_dir, identity.output_label)
+    _write_dataset_summaries(config)
     log.info("finished: %d done or skipped, %d failed", len(jobs) - failed, failed)
     return EXIT_DATA if failed else EXIT_OK
+
+
+def _write_dataset_summaries(config: Config) -> None:
+    """Rebuild ``participants.tsv``, ``qc.tsv`` and the group report from what is on disk.
+
+    Under the dataset lock, so that of many runs finishing together the last one to
+    write has seen every other's outputs.
+    """
+    with output_lock(config.output_dir, DATASET_LOCK):
+        participants = write_participants(config)
+        summary = write_group_files(config.output_dir)
+    if participants is not None and participants.removed:
+        log.info("participants.tsv: column(s) not shared: %s", ", ".join(participants.removed))
+    _log_qc_summary(summary)
 
 
 def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, SubjectIdentity]:
@@ -518,10 +540,10 @@ def run_group(config: Config) -> int:
     if not defaced:
         raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")
     log.info("group level: %d defaced scan(s) in %s", len(defaced), config.output_dir)
-    write_participants(config)
     for subject in sorted({path.relative_to(config.output_dir).parts[0] for path in defaced}):
-        write_subject_report(config.output_dir, subject.removeprefix("sub-"))
-    _log_qc_summary(write_group_files(config.output_dir))
+        with output_lock(config.output_dir, subject):
+            write_subject_report(config.output_dir, subject.removeprefix("sub-"))
+    _write_dataset_summaries(config)
     return EXIT_OK
 
 

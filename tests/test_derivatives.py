@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,10 @@ from bidsdeface.derivatives import (
     defaced_name,
     deidentification,
     mask_name,
+    output_lock,
     remove_stale_temporaries,
+    staged_files,
+    write_bytes_atomic,
     write_dataset_files,
 )
 from bidsdeface.policy import SitePolicy
@@ -64,3 +69,45 @@ def test_deidentification_codes_follow_what_was_done(tmp_path: Path) -> None:
     methods, codes = deidentification(Config(tmp_path, tmp_path / "out", pseudonymize=True), dates_shifted=True)
     assert [code["CodeValue"] for code in codes] == ["113100", "113102", "113107"]
     assert any("pseudonyms" in method for method in methods)
+
+
+def test_staged_files_appear_together_or_not_at_all(tmp_path: Path) -> None:
+    first, last = tmp_path / "a" / "image.bin", tmp_path / "b" / "sidecar.json"
+    with pytest.raises(RuntimeError), staged_files() as staged:
+        staged.write_bytes(first, b"1")
+        staged.write_json(last, {"k": 1})
+        raise RuntimeError("killed while writing")
+    assert not first.exists() and not last.exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    with staged_files() as staged:
+        staged.write_bytes(first, b"1")
+        staged.write_json(last, {"k": 1})
+        assert not first.exists(), "nothing under a final name before the commit"
+    assert first.read_bytes() == b"1" and json.loads(last.read_text()) == {"k": 1}
+    assert first.stat().st_mtime_ns <= last.stat().st_mtime_ns
+
+
+def _count_under_lock(folder: Path) -> None:
+    for _ in range(20):
+        with output_lock(folder, "dataset"):
+            counter = folder / "counter"
+            value = int(counter.read_text()) if counter.exists() else 0
+            time.sleep(0.002)  # widen the read-modify-write window
+            write_bytes_atomic(counter, str(value + 1).encode())
+
+
+def test_lock_serialises_concurrent_processes(tmp_path: Path) -> None:
+    """Four processes rebuilding one shared file from what is on disk lose no update."""
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_count_under_lock, [tmp_path] * 4)
+    assert (tmp_path / "counter").read_text() == "80"
+    assert [p.name for p in (tmp_path / derivatives.LOCK_FOLDER).iterdir()] == ["dataset.lock"]
+
+
+def test_concurrent_writers_create_identical_dataset_files(tmp_path: Path) -> None:
+    source = {"Name": "S", "Authors": ["a", "b"]}
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(write_dataset_files, [(tmp_path, source)] * 8)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([".bidsignore", "README.md", "dataset_description.json"])
+    assert json.loads((tmp_path / "dataset_description.json").read_text())["DatasetType"] == "derivative"
