@@ -104,11 +104,6 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def terminate_on_sigterm() -> None:
-    """Turn SIGTERM into :class:`Terminated` in this process (call from a main program or worker start)."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` while in the block (main thread only), then restore."""

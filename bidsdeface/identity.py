@@ -5,7 +5,8 @@ any machine derives the same values; without a key they are random. Either way
 they are recorded once per subject in the private folder (never inside the
 output), so re-runs, new sessions and cluster array tasks agree. Each subject has
 its own file, created atomically, so concurrent runs on different subjects share
-no file.
+no file; runs adding sessions to one subject's file take turns (a lock in the
+private folder).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConvertConfig
-from .derivatives import join_bids_name, split_bids_name, write_bytes_atomic
+from .derivatives import join_bids_name, output_lock, split_bids_name, write_bytes_atomic
 from .errors import PrivateStateError
 from .jsonfiles import read_json_object
 
@@ -216,13 +217,15 @@ def resolve_identity(config: Config | ConvertConfig, label: str, sessions: list[
             f"{path}: this subject's offsets and pseudonym were made with a different --date-shift-key "
             "(or without one); use the original key, or another --private-dir to start afresh"
         )
-    session_map: dict[str, str] = dict(record["sessions"])
-    missing = [session for session in sessions if session and session not in session_map]
-    for session in missing:
-        session_map[session] = _session_pseudonym(key, label, session, set(session_map.values()))
-    if missing:
-        record = {**record, "sessions": session_map}
-        write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+    if any(session and session not in record["sessions"] for session in sessions):
+        # Runs adding different sessions of one subject at once must not lose each other's.
+        with output_lock(private, f"sub-{label}"):
+            record = _read_record(path)
+            session_map: dict[str, str] = dict(record["sessions"])
+            for session in [session for session in sessions if session and session not in session_map]:
+                session_map[session] = _session_pseudonym(key, label, session, set(session_map.values()))
+            record = {**record, "sessions": session_map}
+            write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
     return _identity(config, label, record)
 
 

@@ -9,6 +9,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,6 @@ from .errors import (
     NoInputError,
     OutputError,
     UsageError,
-    terminate_on_sigterm,
 )
 from .identity import (
     SubjectIdentity,
@@ -379,11 +379,6 @@ def _set_threads(threads: int) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
 
 
-def _init_worker(threads: int) -> None:
-    _set_threads(threads)
-    terminate_on_sigterm()
-
-
 def _map_scans(
     jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
 ) -> Iterator[tuple[ScanJob, ScanOutcome]]:
@@ -393,12 +388,28 @@ def _map_scans(
             yield job, process_scan(job, config, identities[job.subject])
         return
     context = multiprocessing.get_context("spawn")
-    # Leaving the pool terminates its workers: on SIGTERM or Ctrl-C they stop at once
-    # (deleting their temporaries) instead of finishing the queue.
-    with context.Pool(config.nprocs, initializer=_init_worker, initargs=(config.omp_nthreads,)) as pool:
-        pending = [(job, pool.apply_async(process_scan, (job, config, identities[job.subject]))) for job in jobs]
-        for job, result in pending:
-            yield job, result.get()
+    with ProcessPoolExecutor(
+        max_workers=config.nprocs, mp_context=context, initializer=_set_threads, initargs=(config.omp_nthreads,)
+    ) as pool:
+        futures = [(job, pool.submit(process_scan, job, config, identities[job.subject])) for job in jobs]
+        try:
+            for job, future in futures:
+                yield job, future.result()
+        except BaseException:
+            _stop_workers(pool)
+            raise
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """On SIGTERM or Ctrl-C: drop queued scans and stop running ones now.
+
+    Workers die at once (the default SIGTERM action); the hidden temporaries of a
+    scan they were writing are deleted by the next run on that subject.
+    """
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.terminate()
 
 
 def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | None = None) -> int:

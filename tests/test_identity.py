@@ -94,6 +94,20 @@ def test_concurrent_runs_agree_on_each_subject(tmp_path: Path) -> None:
     assert len({next(iter(seen))[0] for seen in by_label.values()}) == 12
 
 
+def _add_session(args: tuple[Path, str]) -> None:
+    root, session = args
+    resolve_identity(_config(root, pseudonymize=True), "01", [session])
+
+
+def test_concurrent_runs_adding_sessions_of_one_subject_keep_them_all(tmp_path: Path) -> None:
+    sessions = [f"s{index}" for index in range(16)]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_add_session, [(tmp_path, session) for session in sessions], chunksize=1)
+    identity = resolve_identity(_config(tmp_path, pseudonymize=True), "01", [])
+    assert sorted(identity.sessions) == sorted(sessions)
+    assert len(set(identity.sessions.values())) == len(sessions)
+
+
 def test_output_paths_use_only_output_labels() -> None:
     identity = SubjectIdentity("MRN123", "a1b2c3", None, {"20240315": "f00d"})
     renamed = identity.output_relpath("sub-MRN123/ses-20240315/anat/sub-MRN123_ses-20240315_acq-fast_T1w.nii.gz")
