@@ -16,6 +16,11 @@ Run it alone on an idle machine (see README.md next to this file)::
     python benchmarks/benchmark.py                 # all heads
     python benchmarks/benchmark.py --heads ixi     # one head
     python benchmarks/benchmark.py --out results.md
+    python benchmarks/benchmark.py --skull-strip-method template --compare-learned
+
+With ``--skull-strip-method`` the runs also skull-strip; the brain mask's volume, pieces
+and holes come from the scan's QC record, and ``--compare-learned`` adds its Dice
+overlap with deepbet's mask of the same input (run here, outside the timed process).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ log = logging.getLogger("benchmark")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
-STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "qc", "write")
+STAGES: tuple[str, ...] = ("load", "register", "masks", "skullstrip", "deface", "qc", "write")
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ class Result:
     peak_rss_gb: float | None = None
     convert_s: float | None = None
     convert_rss_gb: float | None = None
+    brain_ml: float | None = None
+    brain_pieces_holes: str = ""
+    dice_learned: float | None = None
     message: str = ""
 
 
@@ -279,7 +287,46 @@ def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
     return code, wall, usage.ru_maxrss * kib_per_unit / 1024**2
 
 
-def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | None) -> Result:
+def measure_brain_mask(result: Result, scan: Path, out: Path, keep_for_comparison: Path | None) -> None:
+    """Fill ``result``'s brain mask columns from the QC record; keep the scan and mask to compare later."""
+    records = [json.loads(path.read_text()) for path in out.rglob("*_qc.json")]
+    metrics = records[0].get("Metrics", {}) if records else {}
+    if "brain_volume_ml" not in metrics:
+        return
+    result.brain_ml = metrics["brain_volume_ml"]
+    result.brain_pieces_holes = f"{metrics['brain_components']}/{metrics['brain_holes']}"
+    masks = sorted(out.rglob("*desc-brain*_mask.nii.gz"))
+    if keep_for_comparison is not None and masks:
+        keep_for_comparison.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scan, keep_for_comparison / f"{result.head}_scan.nii.gz")
+        shutil.copyfile(masks[0], keep_for_comparison / f"{result.head}_mask.nii.gz")
+
+
+def compare_with_learned(results: Sequence[Result], kept: Path, omp_nthreads: int) -> None:
+    """Set each result's Dice with deepbet's mask of the same input.
+
+    Runs after every timed run: torch in this process would otherwise count in the
+    children's peak memory (a child's high-water mark starts from its parent's).
+    """
+    from bidsdeface.images import load_scan
+    from bidsdeface.skullstrip import learned_brain
+
+    for result in results:
+        scan, mask = kept / f"{result.head}_scan.nii.gz", kept / f"{result.head}_mask.nii.gz"
+        if scan.is_file() and mask.is_file():
+            written = np.asanyarray(nib.load(mask).dataobj) > 0
+            learned = learned_brain(load_scan(scan), omp_nthreads)
+            result.dice_learned = 2.0 * float((written & learned).sum()) / float(written.sum() + learned.sum())
+
+
+def benchmark_head(
+    head: Head,
+    shared: Path,
+    omp_nthreads: int,
+    keep: Path | None,
+    skull_strip_method: str | None = None,
+    keep_for_comparison: Path | None = None,
+) -> Result:
     """Build the dataset for ``head``, run bidsdeface on it in a fresh process, collect numbers."""
     result = Result(head.name)
     with tempfile.TemporaryDirectory(prefix=f"bidsdeface-bench-{head.name}-") as scratch:
@@ -299,6 +346,7 @@ def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | Non
             "-v",
             "--omp-nthreads",
             str(omp_nthreads),
+            *(["--skull-strip-method", skull_strip_method] if skull_strip_method else []),
         ]
         log.info(
             "%s: %s, %s mm; running %s",
@@ -313,6 +361,8 @@ def benchmark_head(head: Head, shared: Path, omp_nthreads: int, keep: Path | Non
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log_path, keep / f"{head.name}.log")
+        if skull_strip_method and result.exit_code == 0:
+            measure_brain_mask(result, scan, root / "out", keep_for_comparison)
     parsed = parse_log(text, scan.name)
     if parsed.done:
         result.status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
@@ -352,6 +402,9 @@ COLUMNS: tuple[str, ...] = (
     "peak RSS (GB)",
     "convert wall (s)",
     "convert RSS (GB)",
+    "brain mask (ml)",
+    "pieces/holes",
+    "Dice vs deepbet",
 )
 
 
@@ -379,6 +432,9 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
                 _fmt(r.peak_rss_gb, ".2f"),
                 _fmt(r.convert_s, ".1f"),
                 _fmt(r.convert_rss_gb, ".2f"),
+                _fmt(r.brain_ml, ".0f"),
+                r.brain_pieces_holes or "-",
+                _fmt(r.dice_learned, ".3f"),
             ]
         )
     return rows
@@ -456,6 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the slowest wall time and largest peak memory per scan kind (mri, ct, pet) as JSON: "
         "bidsdeface/measured_resources.json sizes SLURM tasks (--write-slurm-array)",
     )
+    parser.add_argument(
+        "--skull-strip-method",
+        choices=("template", "deepbet"),
+        default=None,
+        help="also skull-strip with this method (passed to bidsdeface)",
+    )
+    parser.add_argument(
+        "--compare-learned",
+        action="store_true",
+        help="with --skull-strip-method: Dice of each written brain mask with deepbet's (needs the deepbet extra)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)")
     return parser
 
@@ -502,12 +569,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load_at_start > 0.5:
         log.warning("load average is %.2f: the machine is not idle, timings will be inflated", load_at_start)
     results = []
-    for head in heads:
-        try:
-            results.append(benchmark_head(head, args.shared, args.omp_nthreads, args.keep_logs))
-        except Exception as exc:  # a head that cannot be prepared must not stop the others
-            log.error("%s: could not run: %s: %s", head.name, type(exc).__name__, exc)
-            results.append(Result(head.name, status="not run", message=f"{type(exc).__name__}: {exc}"))
+    with tempfile.TemporaryDirectory(prefix="bidsdeface-bench-kept-") as kept_folder:
+        kept = Path(kept_folder) if args.compare_learned else None
+        for head in heads:
+            try:
+                results.append(
+                    benchmark_head(head, args.shared, args.omp_nthreads, args.keep_logs, args.skull_strip_method, kept)
+                )
+            except Exception as exc:  # a head that cannot be prepared must not stop the others
+                log.error("%s: could not run: %s: %s", head.name, type(exc).__name__, exc)
+                results.append(Result(head.name, status="not run", message=f"{type(exc).__name__}: {exc}"))
+        if kept is not None:
+            log.info("comparing the brain masks with deepbet's")
+            compare_with_learned(results, kept, args.omp_nthreads)
     header = environment_line(args.omp_nthreads, load_at_start)
     markdown = f"{header}\n\n{markdown_table(results)}"
     sys.stdout.write(markdown)

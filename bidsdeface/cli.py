@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import DEFAULT_SUFFIXES, METHODS, SUPPORTED_SUFFIXES, Config, ConvertConfig
+from .config import DEFAULT_SUFFIXES, METHODS, SKULL_STRIP_METHODS, SUPPORTED_SUFFIXES, Config, ConvertConfig
 from .discover import clean_label
 from .errors import (
     EXIT_DATA,
@@ -205,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORE",
         help="scans whose template registration scores lower (0-1) fail instead of being written",
     )
+    strip = parser.add_argument_group(
+        "skull stripping",
+        "Also write, next to each defaced MRI or CT image, a brain-only image (desc-brain_<suffix>, "
+        "SkullStripped: true) and its brain mask (desc-brain_mask; space-<suffix>_desc-brain_mask for scans "
+        "other than T1w). The mask joins the template brain in the protected region that defacing never "
+        "changes, and the QC report outlines both. CT uses a brain window (-15 to 100 HU) with either method. "
+        "PET is not skull-stripped.",
+    )
+    strip.add_argument("--skull-strip", action="store_true", help="write brain masks and brain-only images")
+    strip.add_argument(
+        "--skull-strip-method",
+        choices=SKULL_STRIP_METHODS,
+        default=None,
+        help="template (default; no extra dependency, about 10 s per scan): the template brain warped by "
+        "deformable ANTs registration, refined on the scan's intensities. deepbet: a learned model (about 5 s, "
+        "needs pip install 'bidsdeface[deepbet]'; weights ship with it, CPU only). Implies --skull-strip",
+    )
     parser.add_argument("--nprocs", type=_positive_int, default=1, help="scans processed in parallel")
     parser.add_argument(
         "--omp-nthreads", type=_positive_int, default=2, help="threads per scan for registration (ITK/ANTs)"
@@ -325,6 +342,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         method=args.method,
         remove_ears=args.remove_ears,
         brain_margin_mm=args.brain_margin,
+        skull_strip=args.skull_strip or args.skull_strip_method is not None,
+        skull_strip_method=args.skull_strip_method or SKULL_STRIP_METHODS[0],
         min_registration_score=args.min_registration_score,
         nprocs=args.nprocs,
         omp_nthreads=args.omp_nthreads,

@@ -27,6 +27,7 @@ MRI_SUFFIXES: tuple[str, ...] = (
 SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct", "pet")
 DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct", "pet")
 METHODS: tuple[str, ...] = ("zero", "blur")
+SKULL_STRIP_METHODS: tuple[str, ...] = ("template", "deepbet")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class Config:
         Also remove the outer ears.
     brain_margin_mm : float
         Dilation of the template brain mask that is never modified.
+    skull_strip : bool
+        Also write a brain mask and a brain-only image per MRI and CT scan; the
+        mask joins the template brain in the protected region.
+    skull_strip_method : str
+        ``template`` (deformable template brain refined on intensities) or
+        ``deepbet`` (learned; optional extra).
     min_registration_score : float
         Scans whose registration score is below this fail instead of being written.
     nprocs, omp_nthreads : int
@@ -83,6 +90,8 @@ class Config:
     method: str = "zero"
     remove_ears: bool = False
     brain_margin_mm: float = 6.0
+    skull_strip: bool = False
+    skull_strip_method: str = "template"
     min_registration_score: float = 0.80
     blur_fwhm_mm: float = 12.0
     nprocs: int = 1
@@ -101,6 +110,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.skull_strip_method not in SKULL_STRIP_METHODS:
+            raise ValueError(
+                f"skull_strip_method must be one of {SKULL_STRIP_METHODS}, not {self.skull_strip_method!r}"
+            )
         if self.nprocs < 1 or self.omp_nthreads < 1:
             raise ValueError("nprocs and omp_nthreads must be >= 1")
         if self.date_shift_key is not None and not self.date_shift_key:

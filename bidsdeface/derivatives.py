@@ -32,6 +32,7 @@ ENTITY_ORDER: tuple[str, ...] = (
     "res", "den", "label", "desc",
 )  # fmt: skip
 MASK_ENTITIES: frozenset[str] = frozenset({"sub", "ses", "task", "acq", "ce", "rec", "run", "chunk"})
+BRAIN_MASK_ENTITIES: frozenset[str] = frozenset({"sub", "ses", "acq", "ce", "rec", "run"})
 BIDSIGNORE_LINES: tuple[str, ...] = (
     "figures",
     "logs",
@@ -90,6 +91,11 @@ face (and, when requested, the ears) replaced, on the source grid with the sourc
 voxels of a dilated brain mask are bit-identical to the source. Each
 `*_mod-<suffix>_defacemask.nii.gz` marks the replaced voxels (1). Sidecars list the source in
 `Sources` and what was done in `DeidentificationMethod`.
+
+When skull stripping was asked for, `*_desc-brain_<suffix>.nii.gz` is the defaced image with
+everything outside the brain set to the background (`SkullStripped: true`), and
+`*_desc-brain_mask.nii.gz` (`*_space-<suffix>_desc-brain_mask.nii.gz` for scans other than
+T1w) is its brain mask on the scan's grid; `SkullStrippingMethod` says how it was made.
 """
 
 
@@ -116,15 +122,42 @@ def join_bids_name(entities: list[tuple[str, str]], suffix: str, extension: str)
     return "_".join([f"{key}-{value}" for key, value in entities] + [suffix]) + extension
 
 
+def described_name(raw_name: str, description: str, extension: str | None = None) -> str:
+    """Name of a derivative of ``raw_name`` with ``desc-<description>`` as the last entity.
+
+    >>> described_name("sub-01_ses-A_T1w.nii.gz", "brain", ".json")
+    'sub-01_ses-A_desc-brain_T1w.json'
+    """
+    entities, suffix, ext = split_bids_name(raw_name)
+    entities = [(k, v) for k, v in entities if k != "desc"] + [("desc", description)]
+    return join_bids_name(entities, suffix, ext if extension is None else extension)
+
+
 def defaced_name(raw_name: str, extension: str | None = None) -> str:
     """Name of the defaced image (``desc-defaced`` added as the last entity).
 
     >>> defaced_name("sub-01_ses-A_T1w.nii.gz", ".json")
     'sub-01_ses-A_desc-defaced_T1w.json'
     """
-    entities, suffix, ext = split_bids_name(raw_name)
-    entities = [(k, v) for k, v in entities if k != "desc"] + [("desc", "defaced")]
-    return join_bids_name(entities, suffix, ext if extension is None else extension)
+    return described_name(raw_name, "defaced", extension)
+
+
+def _folded_name(
+    raw_name: str,
+    kept_entities: frozenset[str],
+    extra: list[tuple[str, str]],
+    desc: str,
+    suffix: str,
+    extension: str | None,
+) -> str:
+    """Keep ``kept_entities`` of ``raw_name``, add ``extra``, fold the other entities into ``desc``."""
+    entities, _, ext = split_bids_name(raw_name)
+    kept = [(k, v) for k, v in entities if k in kept_entities] + extra
+    folded = desc + "".join(f"{k}{v}" for k, v in entities if k not in kept_entities)
+    if folded:
+        kept.append(("desc", "".join(c for c in folded if c.isalnum())))
+    kept.sort(key=lambda entity: ENTITY_ORDER.index(entity[0]) if entity[0] in ENTITY_ORDER else len(ENTITY_ORDER))
+    return join_bids_name(kept, suffix, ext if extension is None else extension)
 
 
 def mask_name(raw_name: str, extension: str | None = None) -> str:
@@ -135,13 +168,24 @@ def mask_name(raw_name: str, extension: str | None = None) -> str:
     >>> mask_name("sub-01_echo-2_part-mag_T2starw.nii.gz")
     'sub-01_mod-T2starw_desc-echo2partmag_defacemask.nii.gz'
     """
-    entities, suffix, ext = split_bids_name(raw_name)
-    kept = [(k, v) for k, v in entities if k in MASK_ENTITIES] + [("mod", suffix)]
-    folded = "".join(f"{k}{v}" for k, v in entities if k not in MASK_ENTITIES)
-    if folded:
-        kept.append(("desc", "".join(c for c in folded if c.isalnum())))
-    kept.sort(key=lambda entity: ENTITY_ORDER.index(entity[0]) if entity[0] in ENTITY_ORDER else len(ENTITY_ORDER))
-    return join_bids_name(kept, "defacemask", ext if extension is None else extension)
+    suffix = split_bids_name(raw_name)[1]
+    return _folded_name(raw_name, MASK_ENTITIES, [("mod", suffix)], "", "defacemask", extension)
+
+
+def brain_mask_name(raw_name: str, extension: str | None = None) -> str:
+    """Name of the brain mask derivative: ``desc-brain_mask``, in ``space-<suffix>`` unless the scan is a T1w.
+
+    The T1w is the anatomical reference (no space entity, as fMRIPrep names it); the
+    space entity keeps the masks of a subject's other scans apart.
+
+    >>> brain_mask_name("sub-01_acq-mprage_run-1_T1w.nii.gz")
+    'sub-01_acq-mprage_run-1_desc-brain_mask.nii.gz'
+    >>> brain_mask_name("sub-01_ses-a_echo-2_T2w.nii.gz", ".json")
+    'sub-01_ses-a_space-T2w_desc-brainecho2_mask.json'
+    """
+    suffix = split_bids_name(raw_name)[1]
+    space = [] if suffix == "T1w" else [("space", suffix)]
+    return _folded_name(raw_name, BRAIN_MASK_ENTITIES, space, "brain", "mask", extension)
 
 
 def figure_name(output_dir: Path, relpath: Path, kind: str) -> Path:

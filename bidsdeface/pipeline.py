@@ -22,8 +22,11 @@ from . import __version__
 from .config import Config
 from .deface import deface_image, real_values, stored_data
 from .derivatives import (
+    StagedFiles,
+    brain_mask_name,
     defaced_name,
     deidentification,
+    described_name,
     figure_name,
     mask_name,
     output_lock,
@@ -54,6 +57,13 @@ from .qc import ScanQc, check_scan, limits_record
 from .register import Registration, register_template, register_through_anatomical, scan_masks
 from .report import QcSummary, write_group_files, write_subject_report
 from .scrub import screen_text, scrub_modality, scrub_nifti_header, scrub_sidecar
+from .skullstrip import (
+    BrainExtraction,
+    brain_only_image,
+    extract_brain,
+    learned_method_available,
+    with_brain_protected,
+)
 from .templates import Template, load_template
 from .tools import run
 
@@ -96,8 +106,26 @@ class ScanOutcome:
 
 
 @dataclass(frozen=True)
+class BrainPaths:
+    """The skull-strip outputs of one scan: brain-only image, brain mask, their sidecars, the figure."""
+
+    image: Path
+    sidecar: Path
+    mask: Path
+    mask_sidecar: Path
+    figure: Path
+
+    def files(self) -> tuple[Path, ...]:
+        """Every file, figure included."""
+        return (self.image, self.sidecar, self.mask, self.mask_sidecar, self.figure)
+
+
+@dataclass(frozen=True)
 class OutputPaths:
-    """The final files of one scan; the sidecar is written last and marks completion."""
+    """The final files of one scan; the sidecar is written last and marks completion.
+
+    ``brain`` names the skull-strip outputs; ``skull_stripped`` says whether this run writes them.
+    """
 
     image: Path
     sidecar: Path
@@ -106,6 +134,8 @@ class OutputPaths:
     qc: Path
     mosaic: Path
     render: Path
+    brain: BrainPaths | None = None
+    skull_stripped: bool = False
 
     @classmethod
     def for_job(cls, config: Config, job: ScanJob, identity: SubjectIdentity) -> OutputPaths:
@@ -115,6 +145,13 @@ class OutputPaths:
         # BIDS has defacemasks in anat/ only; mod-<suffix> names the scan they belong to
         mask_folder = folder.parent / "anat"
         name = relpath.name
+        brain = BrainPaths(
+            image=folder / described_name(name, "brain", ".nii.gz"),
+            sidecar=folder / described_name(name, "brain", ".json"),
+            mask=folder / brain_mask_name(name, ".nii.gz"),
+            mask_sidecar=folder / brain_mask_name(name, ".json"),
+            figure=figure_name(config.output_dir, relpath, "brain"),
+        )
         return cls(
             image=folder / defaced_name(name, ".nii.gz"),
             sidecar=folder / defaced_name(name, ".json"),
@@ -123,11 +160,25 @@ class OutputPaths:
             qc=folder / defaced_name(name, "_qc.json"),
             mosaic=figure_name(config.output_dir, relpath, "mosaic"),
             render=figure_name(config.output_dir, relpath, "render"),
+            brain=brain,
+            skull_stripped=skull_strips(config, job),
         )
 
     def complete(self) -> bool:
         """Return whether every output exists (a finished scan)."""
-        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar, self.qc))
+        brain = self.brain.files() if self.brain is not None and self.skull_stripped else ()
+        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar, self.qc, *brain))
+
+    def stale_brain_files(self) -> list[Path]:
+        """Skull-strip outputs of an earlier run that this run does not write (removed when it redoes the scan)."""
+        if self.brain is None or self.skull_stripped:
+            return []
+        return [path for path in self.brain.files() if path.is_file()]
+
+
+def skull_strips(config: Config, job: ScanJob) -> bool:
+    """Return whether this run skull-strips ``job`` (asked for, and not PET)."""
+    return config.skull_strip and job.suffix != "pet"
 
 
 class _Timer:
@@ -196,6 +247,11 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             with timer.stage("masks"):
                 threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
                 masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold)
+            brain = None
+            if outputs.skull_stripped:
+                with timer.stage("skullstrip"):
+                    brain = extract_brain(scan, template, registration, config, Path(scratch), ct)
+                    masks = with_brain_protected(masks, brain.mask, scan.zooms, config.brain_margin_mm)
             with timer.stage("deface"):
                 result = deface_image(scan.image, masks, config, 0.0 if ct is None else ct.air)
             with timer.stage("qc"):
@@ -208,12 +264,14 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                     template,
                     registration,
                     threshold,
+                    brain=None if brain is None else brain.mask,
                 )
         method_record = {
             "registration_path": _registration_path(registration, job, identity),
             "registration_start": registration.start,
             "reference_volume": scan.summary,
             **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
+            **_skull_strip_record(config, brain),
         }
         with staged_files() as staged:
             with timer.stage("write"):
@@ -239,6 +297,24 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                 staged.write_nifti(outputs.image, result.image)
                 staged.write_bytes(outputs.mosaic, quality.figures.mosaic)
                 staged.write_bytes(outputs.render, quality.figures.render)
+                if brain is not None and outputs.brain is not None:
+                    _stage_brain_outputs(
+                        staged,
+                        outputs.brain,
+                        outputs.image,
+                        brain,
+                        result.image,
+                        scan.image,
+                        0.0 if ct is None else ct.air,
+                        {
+                            **clean_metadata,
+                            "DeidentificationMethod": methods,
+                            "DeidentificationMethodCodeSequence": codes,
+                        },
+                        sources,
+                        quality,
+                        config.output_dir,
+                    )
             # The QC record carries every stage's time; the sidecar, renamed into place last, marks the scan finished.
             staged.write_json(outputs.qc, qc_record(config.output_dir, outputs, quality, method_record, timer.seconds))
             staged.write_json(
@@ -252,6 +328,8 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                     "DeidentificationMethodCodeSequence": codes,
                 },
             )
+        for stale in outputs.stale_brain_files():
+            stale.unlink(missing_ok=True)
     except BidsDefaceError as exc:
         return ScanOutcome(shown, "failed", _hide_input_names(str(exc), job, identity, shown), seconds=timer.seconds)
     except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
@@ -269,6 +347,62 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
         },
     }
     return ScanOutcome(shown, "done", "", metrics, timer.seconds, quality.verdict.status, quality.verdict.reasons)
+
+
+def _skull_strip_record(config: Config, brain: BrainExtraction | None) -> dict[str, str]:
+    """Return the QC record's account of skull stripping (nothing when it was not asked for)."""
+    if brain is not None:
+        return {"skull_strip_method": brain.method, "skull_strip": brain.description}
+    return {"skull_strip": "not done: PET is not skull-stripped"} if config.skull_strip else {}
+
+
+def _stage_brain_outputs(
+    staged: StagedFiles,
+    paths: BrainPaths,
+    defaced_path: Path,
+    brain: BrainExtraction,
+    defaced: nib.Nifti1Image,
+    source: nib.Nifti1Image,
+    background: float,
+    image_metadata: dict[str, Any],
+    sources: list[str],
+    quality: ScanQc,
+    output_dir: Path,
+) -> None:
+    """Stage the brain mask, the brain-only image (cut from the defaced one), their sidecars and the figure."""
+
+    def in_dataset(path: Path) -> str:
+        return f"bids::{path.relative_to(output_dir).as_posix()}"
+
+    mask = _mask_image(brain.mask, source)
+    scrub_nifti_header(mask)
+    brain_image = brain_only_image(source, stored_data(defaced), brain.mask, background)
+    scrub_nifti_header(brain_image)
+    staged.write_nifti(paths.mask, mask)
+    staged.write_json(
+        paths.mask_sidecar,
+        {
+            "Description": "Brain mask (1) on the source scan's grid",
+            "Type": "Brain",
+            "SkullStripped": False,
+            "Sources": sources,
+            "SpatialReference": in_dataset(defaced_path),
+            "SkullStrippingMethod": brain.description,
+        },
+    )
+    staged.write_nifti(paths.image, brain_image)
+    if quality.figures.brain is not None:
+        staged.write_bytes(paths.figure, quality.figures.brain)
+    staged.write_json(
+        paths.sidecar,
+        {
+            **image_metadata,
+            "Description": "The defaced image with every voxel outside the brain mask set to the background",
+            "SkullStripped": True,
+            "SkullStrippingMethod": brain.description,
+            "Sources": [in_dataset(defaced_path), in_dataset(paths.mask)],
+        },
+    )
 
 
 def _register(
@@ -310,6 +444,9 @@ def qc_record(
     def relative(path: Path) -> str:
         return path.relative_to(output_dir).as_posix()
 
+    figures = {"Render": relative(outputs.render), "Mosaic": relative(outputs.mosaic)}
+    if outputs.brain is not None and quality.figures.brain is not None:
+        figures["Brain"] = relative(outputs.brain.figure)
     return {
         "Scan": relative(outputs.image),
         "Status": quality.verdict.status,
@@ -318,7 +455,7 @@ def qc_record(
         "Metrics": quality.metrics,
         "Method": method,
         "Seconds": seconds,
-        "Figures": {"Render": relative(outputs.render), "Mosaic": relative(outputs.mosaic)},
+        "Figures": figures,
         "Limits": limits_record(),
         "GeneratedBy": f"bidsdeface {__version__}",
     }
@@ -427,6 +564,8 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     int
         0 when every scan is done or skipped, 65 when any scan failed.
     """
+    if config.skull_strip and config.skull_strip_method == "deepbet" and not learned_method_available():
+        raise UsageError("--skull-strip-method deepbet needs the optional extra: pip install 'bidsdeface[deepbet]'")
     source_description = read_dataset_description(config.bids_dir)
     check_paths(config)
     validate_input(config)
@@ -517,11 +656,12 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
         outcome.qc_status,
     )
     log.info(
-        "%s: registered %s, from the %s%s",
+        "%s: registered %s, from the %s%s%s",
         progress,
         m["registration_path"],
         m["reference_volume"] if m["reference_volume"] != "3D" else "3D image",
         f"; CT intensities: {m['intensities']}" if "intensities" in m else "",
+        f"; brain mask ({m['skull_strip_method']}) {m['brain_volume_ml']:.0f} ml" if "brain_volume_ml" in m else "",
     )
     if outcome.qc_status != "PASS":
         level = logging.ERROR if outcome.qc_status == "FAIL" else logging.WARNING

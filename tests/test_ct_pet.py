@@ -24,12 +24,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from bidsdeface.cli import main
 from bidsdeface.images import ct_intensities
 
-from .conftest import PARALLEL, SHARED, make_dataset, needs_shared, run_validator, tree_digest
+from .conftest import PARALLEL, SHARED, holes, make_dataset, needs_shared, run_validator, tree_digest
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -115,7 +116,7 @@ def ct_pet_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path
     participants = "participant_id\n" + "".join(f"sub-{s}\n" for s in [*scans, "pet3d", "petmr"])
     (bids / "participants.tsv").write_text(participants)
     before = tree_digest(bids)
-    code = main([str(bids), str(out), "participant", *PARALLEL])
+    code = main([str(bids), str(out), "participant", "--skull-strip", *PARALLEL])
     return {"bids": bids, "out": out, "code": code, "before": before}
 
 
@@ -237,3 +238,33 @@ def test_pet_with_t1w_goes_through_it(ct_pet_run: dict) -> None:
     pet = np.asanyarray(nib.load(out / "anat/sub-petmr_ses-01_mod-pet_desc-trcH2O_defacemask.nii.gz").dataobj) > 0
     dice = 2 * np.sum(pet & t1) / (pet.sum() + t1.sum())
     assert dice > 0.85, f"PET and T1w defacing masks overlap {dice:.2f}"
+
+
+def test_ct_brain_only_image_is_air_outside_the_mask(ct_pet_run: dict) -> None:
+    """The rescaled CT template: its brain-only image keeps the brain and sets the rest to its own air."""
+    anat = ct_pet_run["out"] / "sub-scct" / "anat"
+    mask = np.asanyarray(nib.load(anat / "sub-scct_space-ct_desc-brain_mask.nii.gz").dataobj) > 0
+    assert ndimage.label(mask)[1] == 1 and holes(mask) == 0
+    brain = nib.load(anat / "sub-scct_desc-brain_ct.nii.gz").get_fdata()
+    defaced = nib.load(anat / "sub-scct_desc-defaced_ct.nii.gz").get_fdata()
+    air = json.loads((anat / "sub-scct_desc-defaced_ct_qc.json").read_text())["Method"]["background_value"]
+    assert np.allclose(brain[~mask], air, atol=0.5)
+    assert np.array_equal(brain[mask], defaced[mask])
+
+
+@pytest.mark.parametrize("label", ["cttilt", "ctoffset"])
+def test_real_ct_brain_masks_are_whole(ct_pet_run: dict, label: str) -> None:
+    anat = ct_pet_run["out"] / f"sub-{label}" / "anat"
+    mask = np.asanyarray(nib.load(anat / f"sub-{label}_space-ct_desc-brain_mask.nii.gz").dataobj) > 0
+    record = json.loads((anat / f"sub-{label}_desc-defaced_ct_qc.json").read_text())
+    assert ndimage.label(mask)[1] == 1 and holes(mask) == 0
+    # the upper cranium only is in view: the mask holds about what the template brain does there
+    assert 0.8 <= record["Metrics"]["brain_template_volume_ratio"] <= 1.25
+    assert record["Method"]["skull_strip_method"] == "ct-window"
+
+
+def test_pet_is_not_skull_stripped(ct_pet_run: dict) -> None:
+    out = ct_pet_run["out"]
+    assert not list((out / "sub-pet3d").rglob("*desc-brain*"))
+    record = json.loads(next((out / "sub-pet3d").rglob("*_qc.json")).read_text())
+    assert record["Method"]["skull_strip"] == "not done: PET is not skull-stripped"

@@ -25,7 +25,7 @@ import pytest
 from bidsdeface.identity import keyed_identity
 from bidsdeface.policy import IDENTIFYING_KEYS
 
-from .conftest import NIFTI_HEADS, SHARED, needs_shared, run_validator, tree_digest
+from .conftest import NIFTI_HEADS, PARALLEL, SHARED, needs_shared, run_validator, tree_digest
 from .leakcheck import Markers, find_leaks, readable_forms, without_clock_stamps
 
 pytestmark = [needs_shared, pytest.mark.slow]
@@ -150,7 +150,7 @@ def leak_run(tmp_path_factory: pytest.TempPathFactory, dicom_heads: dict[str, Pa
             )
     before = tree_digest(bids)
     command = [sys.executable, "-m", "bidsdeface.cli", str(bids), str(out), "participant", "-v"]
-    command += ["--pseudonymize", "--date-shift-key", KEY, "--private-dir", str(private)]
+    command += ["--pseudonymize", "--date-shift-key", KEY, "--private-dir", str(private), "--skull-strip", *PARALLEL]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
     return {"bids": bids, "out": out, "private": private, "result": result, "markers": mark.where, "before": before}
 
@@ -159,6 +159,7 @@ def test_the_run_succeeds_and_leaves_the_input_alone(leak_run: dict) -> None:
     assert leak_run["result"].returncode == 0, leak_run["result"].stderr[-3000:]
     assert tree_digest(leak_run["bids"]) == leak_run["before"]
     assert len(list(leak_run["out"].glob("sub-*/ses-*/anat/*_desc-defaced_T1w.nii.gz"))) == 3
+    assert len(list(leak_run["out"].glob("sub-*/ses-*/anat/*_desc-brain_T1w.nii.gz"))) == 3
 
 
 def test_no_planted_identifier_survives_anywhere(leak_run: dict) -> None:

@@ -125,6 +125,7 @@ def test_rerun_skips_and_overwrite_redoes(heads_run: dict, caplog: pytest.LogCap
         "participant",
         "--participant-label",
         "ixi",
+        "--skull-strip",
         "--skip-bids-validation",
     ]
     assert main(args) == 0

@@ -16,7 +16,7 @@ from bidsdeface.qc import LIMITS, judge, measure, png_bytes
 
 from .conftest import BLUR_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
 
-STAGES = {"load", "register", "masks", "deface", "qc", "write"}
+STAGES = {"load", "register", "masks", "skullstrip", "deface", "qc", "write"}  # the heads run skull-strips
 PASSING = {
     "registration_score": 0.95,
     "face_removed_fraction": 0.99,

@@ -185,7 +185,8 @@ def test_array_tasks_write_one_valid_output_at_once(heads_run: dict) -> None:
     for label in HEADS:
         _, defaced, mask = head_paths(heads_run, label)
         figures = sorted(p.name for p in (out / f"sub-{label}" / "figures").iterdir())
-        assert defaced.is_file() and mask.is_file() and len(figures) == 2, label
+        # mosaic, render and the skull-strip figure
+        assert defaced.is_file() and mask.is_file() and len(figures) == 3, label
         assert defaced.with_name(defaced.name.replace(".nii.gz", ".json")).is_file()
         assert (out / f"sub-{label}.html").is_file()
     qc_rows = (out / "qc.tsv").read_text().splitlines()[1:]
