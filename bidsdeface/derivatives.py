@@ -7,7 +7,7 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,13 +212,20 @@ class StagedFiles:
     def path(self, final: Path) -> Path:
         """Return a new temporary path that :meth:`commit` renames to ``final``.
 
-        It keeps ``final``'s extensions, so writers pick the right format.
+        It keeps ``final``'s extensions, so writers pick the right format. The path is
+        recorded before the file is created, so a SIGTERM at any moment leaves
+        nothing that :meth:`discard` does not delete.
         """
         final.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{final.name}", dir=final.parent)
-        os.close(handle)
-        self._pending.append((Path(temp_name), final))
-        return Path(temp_name)
+        while True:
+            temp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final.name}"
+            self._pending.append((temp, final))
+            try:
+                os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                self._pending.pop()
+                continue
+            return temp
 
     def write_bytes(self, final: Path, data: bytes) -> None:
         """Stage ``data`` for ``final``."""
@@ -239,8 +246,9 @@ class StagedFiles:
                 os.fsync(stream.fileno())
             os.chmod(temp, 0o644)
         while self._pending:
-            temp, final = self._pending.pop(0)
+            temp, final = self._pending[0]
             os.replace(temp, final)
+            self._pending.pop(0)
 
     def discard(self) -> None:
         """Delete the temporaries not yet committed."""

@@ -169,8 +169,8 @@ def _create_once(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write ``record`` to ``path`` unless another process already did; return the winner."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    temp.write_text(json.dumps(record, indent=2) + "\n")
     try:
+        temp.write_text(json.dumps(record, indent=2) + "\n")
         os.link(temp, path)
     except FileExistsError:
         return _read_record(path)

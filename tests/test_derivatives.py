@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from bidsdeface.derivatives import (
     write_bytes_atomic,
     write_dataset_files,
 )
+from bidsdeface.errors import Terminated, sigterm_raises
 from bidsdeface.policy import SitePolicy
 
 
@@ -85,6 +90,23 @@ def test_staged_files_appear_together_or_not_at_all(tmp_path: Path) -> None:
         assert not first.exists(), "nothing under a final name before the commit"
     assert first.read_bytes() == b"1" and json.loads(last.read_text()) == {"k": 1}
     assert first.stat().st_mtime_ns <= last.stat().st_mtime_ns
+
+
+def test_sigterm_at_any_moment_leaves_no_temporary(tmp_path: Path) -> None:
+    """Real SIGTERMs land at random moments of staging and committing; none strands a hidden file."""
+    pick = random.Random(8)
+    finals = [tmp_path / "sub-01" / name for name in ("mask.nii.gz", "image.nii.gz", "figure.png", "sidecar.json")]
+    with sigterm_raises():
+        for _ in range(300):
+            timer = threading.Timer(pick.uniform(0.0, 0.002), os.kill, (os.getpid(), signal.SIGTERM))
+            with pytest.raises(Terminated):
+                timer.start()
+                while True:
+                    with staged_files() as staged:
+                        for final in finals:
+                            staged.write_bytes(final, b"x" * 64)
+            timer.join()
+            assert list(tmp_path.rglob(f"{derivatives.TEMP_PREFIX}*")) == []
 
 
 def _count_under_lock(folder: Path) -> None:
