@@ -23,6 +23,7 @@ from .errors import (
     BidsDefaceError,
     Terminated,
     UsageError,
+    library_messages_to_debug,
     sigterm_raises,
 )
 from .policy import SitePolicy, read_policy_file
@@ -71,9 +72,12 @@ def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> N
     scrub = parser.add_argument_group(
         "metadata scrubbing",
         "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
-        "see bidsdeface/policy.py); participants, sessions and scans tables keep only allowed columns; "
-        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates and clock "
-        "times are shifted by one offset per subject (to 1925 or earlier) unless --drop-dates. Offsets "
+        "see bidsdeface/policy.py), and only values of the type the BIDS schema or DICOM dictionary "
+        "defines whose text passes a conservative screen; participants, sessions and scans tables keep "
+        "only allowed columns, BIDS levels and screened text (failures become n/a); "
+        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates are shifted "
+        "by one whole number of days per subject (to 1925 or earlier; times of day are kept) unless "
+        "--drop-dates. Offsets "
         "and pseudonyms are kept in a private folder outside the dataset written.",
     )
     scrub.add_argument(
@@ -81,22 +85,24 @@ def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> N
         nargs="+",
         default=[],
         metavar="KEY",
-        help="also keep these sidecar keys (their text is screened for names, record numbers, dates "
-        "and phone numbers, and flagged)",
+        help="also keep these sidecar keys (values are screened for names, record numbers, dates, "
+        "phone numbers and e-mail; a value that fails is dropped)",
     )
     scrub.add_argument(
         "--keep-columns",
         nargs="+",
         default=[],
         metavar="COLUMN",
-        help="also keep these participants/sessions/scans table columns (screened and flagged likewise)",
+        help="also keep these participants/sessions/scans table columns (cells screened likewise; "
+        "a cell that fails becomes n/a)",
     )
     scrub.add_argument(
         "--scrub-policy",
         type=Path,
         default=None,
         metavar="FILE",
-        help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...]}',
+        help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...], '
+        '"keep_column_descriptions": [...], "keep_dataset_fields": [...]} (see README, "Metadata scrubbing")',
     )
     scrub.add_argument(
         "--drop-dates", action="store_true", help="remove dates and clock times instead of shifting them"
@@ -179,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SUPPORTED_SUFFIXES,
         metavar="SUFFIX",
         help=f"BIDS suffixes to deface, from: {' '.join(SUPPORTED_SUFFIXES)}. ct: anat/*_ct.nii.gz in Hounsfield "
-        "units, offset by 1024 or rescaled (told apart by the histogram); removed voxels get the scan's own air "
-        "value. pet: pet/*_pet.nii.gz, 3D or 4D; the time-weighted mean of the frames is registered rigidly to "
-        "a T1w of the same session when there is one (and through it to the template), otherwise to the "
-        "template's brain; every frame gets the same mask",
+        "units, offset by 1024, windowed or rescaled (told apart by the histogram); removed voxels get the "
+        "scan's own air value. pet: pet/*_pet.nii.gz, 3D or 4D; the time-weighted mean of the frames is "
+        "registered rigidly to a T1w of the same session when there is one (and through it to the template), "
+        "otherwise to the template's brain; every frame gets the same mask",
     )
     parser.add_argument(
         "--method",
@@ -376,6 +382,7 @@ def _configure_logging(verbosity: int) -> None:
     handler.set_name("bidsdeface-cli")
     log.handlers[:] = [h for h in log.handlers if h.get_name() != "bidsdeface-cli"] + [handler]
     log.setLevel(level)
+    library_messages_to_debug()  # warnings and nibabel's notices: DEBUG lines, never stray stderr
 
 
 def _guarded(work: Callable[[], int]) -> int:
@@ -407,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from .pipeline import run_group, run_participant, validate_input
+    from .pipeline import check_folders, run_group, run_participant, validate_input
     from .slurm import ArraySettings, write_array_script
 
     log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
@@ -417,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write_slurm_array is not None:
             if config.analysis_level != "participant":
                 raise UsageError("--write-slurm-array writes participant-level tasks: give 'participant'")
+            check_folders(config)  # refused now, not in every task
             validate_input(config)
             settings = ArraySettings(
                 args.write_slurm_array.absolute(),

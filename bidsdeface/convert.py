@@ -154,9 +154,11 @@ def check_paths(config: ConvertConfig) -> None:
     NoInputError
         DICOM_DIR is missing or empty.
     UsageError
-        The output or private folder is inside DICOM_DIR (or the reverse).
+        The output or private folder is inside DICOM_DIR (or the reverse), or the
+        scratch folder (``-w``, it holds unscrubbed conversions) is in or at either.
     OutputError
-        BIDS_DIR exists, is not empty and is not a BIDS dataset.
+        BIDS_DIR exists, is not empty and is not a BIDS dataset; the scratch folder
+        cannot be created.
     """
     dicom, output = config.dicom_dir, config.output_dir
     if not dicom.is_dir():
@@ -168,10 +170,18 @@ def check_paths(config: ConvertConfig) -> None:
     private = private_folder(config)
     if not config.drop_dates and (_inside(private, output) or _inside(private, dicom)):
         raise UsageError(f"{private}: the private folder must be outside the BIDS and DICOM folders")
+    work = config.work_dir
+    if work is not None and (_inside(work, output) or _inside(work, dicom)):
+        raise UsageError(f"{work}: the scratch folder (-w) must be outside the BIDS and DICOM folders")
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not (output / "dataset_description.json").is_file():
         raise OutputError(f"{output}: not empty and not a BIDS dataset; refusing to write into it")
+    if work is not None:
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{work}: cannot create the scratch folder (-w) ({exc.strerror})") from exc
 
 
 def read_mapping(path: Path) -> dict[str, Target]:

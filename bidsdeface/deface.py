@@ -200,6 +200,6 @@ def rebuild_like(image: nib.Nifti1Image, stored: np.ndarray) -> nib.Nifti1Image:
     header fields are the caller's business (see :mod:`bidsdeface.scrub`).
     """
     header = image.header.copy()
-    new = nib.Nifti1Image(stored, None, header=header)
+    new = type(image)(stored, None, header=header)  # a NIfTI-2 input stays NIfTI-2
     new.header.set_slope_inter(*data_scaling(image))
     return new

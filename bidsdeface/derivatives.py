@@ -16,7 +16,8 @@ import nibabel as nib
 
 from . import __version__
 from .config import Config
-from .policy import DEVICE_IDENTITY_KEYS
+from .policy import DEVICE_IDENTITY_KEYS, NEUTRAL_DATASET_NAME
+from .standards import schema_version
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ def deidentification(config: Config, dates_shifted: bool) -> tuple[list[str], li
     removed = "face and ears" if config.remove_ears else "face"
     methods = [
         f"bidsdeface {__version__}: {removed} replaced ({config.method}); a dilated brain mask left bit-identical",
-        "sidecar keys outside the bidsdeface allow-list removed; NIfTI header text fields and extensions removed",
+        "sidecar keys outside the bidsdeface allow-list removed; kept values checked against the BIDS "
+        f"{schema_version()} schema and the DICOM dictionary and screened for identifiers; "
+        "NIfTI header text fields and extensions removed",
         "dates and times shifted by one offset per subject" if dates_shifted else "dates and times removed",
     ]
     codes = list(BASIC_PROFILE_CODES)
@@ -312,7 +315,7 @@ def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
 
 
 @contextlib.contextmanager
-def output_lock(output_dir: Path, name: str) -> Iterator[None]:
+def output_lock(output_dir: Path, name: str, wait: bool = True) -> Iterator[bool]:
     """Hold the exclusive lock ``name`` shared by every bidsdeface process writing into ``output_dir``.
 
     Participant runs hold ``sub-<label>`` while they write a subject, and ``dataset``
@@ -320,22 +323,30 @@ def output_lock(output_dir: Path, name: str) -> Iterator[None]:
     hidden (``.bidsdeface-locks/``, ignored by BIDS tools); the kernel releases a lock
     when its process dies, so a killed run never leaves a stale one. On a file
     system without locks (some Lustre mounts) this warns and goes on unlocked.
+    With ``wait=False`` it yields False at once, holding nothing, when another
+    process holds the lock; otherwise it yields True.
     """
     folder = output_dir / LOCK_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{name}.lock", "a") as handle:
-        locked = _acquire(handle.fileno(), name)
         try:
-            yield
+            locked = _acquire(handle.fileno(), name, wait)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             if locked:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _acquire(descriptor: int, name: str) -> bool:
+def _acquire(descriptor: int, name: str, wait: bool = True) -> bool:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if not wait:
+            raise
         log.info("waiting for another bidsdeface run to finish writing %s", name)
         fcntl.flock(descriptor, fcntl.LOCK_EX)
     except OSError as exc:
@@ -344,12 +355,14 @@ def _acquire(descriptor: int, name: str) -> bool:
     return True
 
 
-def dataset_description(source: dict[str, Any], container: str | None = None) -> dict[str, Any]:
+def dataset_description(carried: dict[str, Any], container: str | None = None) -> dict[str, Any]:
     """Return the derivative ``dataset_description.json`` content.
 
-    It depends only on the input's description, this version and the container
-    image (``container``, a docker reference, when run inside it), so every
-    concurrent participant run writes identical bytes.
+    ``carried`` holds the input's fields that may leave, already screened
+    (:func:`bidsdeface.scrub.scrub_dataset_description`). The content depends only
+    on them, this version and the container image (``container``, a docker
+    reference, when run inside it), so every concurrent participant run writes
+    identical bytes.
 
     >>> dataset_description({}, "bidsdeface/bidsdeface:1.0")["GeneratedBy"][0]["Container"]
     {'Type': 'docker', 'Tag': 'bidsdeface/bidsdeface:1.0'}
@@ -363,20 +376,18 @@ def dataset_description(source: dict[str, Any], container: str | None = None) ->
     if container:
         generated_by["Container"] = {"Type": "docker", "Tag": container}
     description: dict[str, Any] = {
-        "Name": f"{source.get('Name', 'BIDS dataset')} (defaced with bidsdeface)",
+        "Name": carried.get("Name", NEUTRAL_DATASET_NAME),
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
     }
-    for key in ("License", "Authors", "Acknowledgements", "HowToAcknowledge", "Funding"):
-        if key in source:
-            description[key] = source[key]
-    if "DatasetDOI" in source:
-        description["SourceDatasets"] = [{"DOI": source["DatasetDOI"]}]
+    description.update({key: value for key, value in carried.items() if key not in ("Name", "DatasetDOI")})
+    if "DatasetDOI" in carried:
+        description["SourceDatasets"] = [{"DOI": carried["DatasetDOI"]}]
     return description
 
 
-def write_dataset_files(output_dir: Path, source_description: dict[str, Any], container: str | None = None) -> None:
+def write_dataset_files(output_dir: Path, carried: dict[str, Any], container: str | None = None) -> None:
     """Write ``dataset_description.json``, ``.bidsignore`` and ``README.md`` unless identical ones exist.
 
     Call it holding the ``dataset`` :func:`output_lock`: the first run creates the
@@ -384,7 +395,7 @@ def write_dataset_files(output_dir: Path, source_description: dict[str, Any], co
     version or another input description are replaced (and logged).
     """
     files = {
-        output_dir / "dataset_description.json": json_bytes(dataset_description(source_description, container)),
+        output_dir / "dataset_description.json": json_bytes(dataset_description(carried, container)),
         output_dir / ".bidsignore": ("\n".join(BIDSIGNORE_LINES) + "\n").encode(),
         output_dir / "README.md": DERIVATIVE_README.encode(),
     }

@@ -9,6 +9,7 @@ no files, 64 usage error, 65 some scans could not be processed (bad data),
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -115,3 +116,34 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# Libraries that write to stderr on their own: Python warnings (numpy's RuntimeWarning,
+# nibabel, pydicom) and nibabel's logger (header fixes such as "sizeof_hdr should be 348").
+LIBRARY_LOGGERS = ("py.warnings", "nibabel.global")
+
+
+class _OneDebugLine(logging.Handler):
+    """Pass a library's message on to the ``bidsdeface`` log as one DEBUG line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed library record must not print a logging traceback
+            text = str(record.msg)
+        logging.getLogger("bidsdeface").debug("%s: %s", record.name, " ".join(text.split()))
+
+
+def library_messages_to_debug() -> None:
+    """Send Python warnings and nibabel's log to the ``bidsdeface`` log at DEBUG, one line each.
+
+    Call it in every process that works on scans (the command line and each pool worker),
+    so that stderr holds the project's own lines only.
+    """
+    import nibabel  # noqa: F401  # importing it adds a stderr handler to its logger: import first, then replace
+
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers[:] = [_OneDebugLine()]
+        library.propagate = False

@@ -3,7 +3,8 @@
 With ``--date-shift-key`` both come from HMAC-SHA256 of the key and the label, so
 any machine derives the same values; without a key they are random. Either way
 they are recorded once per subject in the private folder (never inside the
-output), so re-runs, new sessions and cluster array tasks agree. Each subject has
+output), so re-runs, new sessions and cluster array tasks agree. Offsets are whole
+days (see :func:`whole_days` for records of older versions). Each subject has
 its own file, created atomically, so concurrent runs on different subjects share
 no file; runs adding sessions to one subject's file take turns (a lock in the
 private folder).
@@ -38,9 +39,11 @@ SESSION_PSEUDONYM_CHARS = 6
 PRIVATE_README = """This folder re-identifies the subjects of a bidsdeface output. Keep it private.
 
 subjects/sub-<original label>.json holds each subject's pseudonym, session pseudonyms
-and date offset (seconds added to every date and time). Never share this folder, and
-never put it inside the shared dataset. Deleting it makes later runs use new offsets
-and pseudonyms (unless --date-shift-key is given, which derives the same ones again).
+and date offset (seconds added to every date: a whole number of days, so times of day
+are kept; of an older record with extra seconds only the whole days are used).
+Never share this folder, and never put it inside the shared dataset. Deleting it
+makes later runs use new offsets and pseudonyms (unless --date-shift-key is given,
+which derives the same ones again).
 """
 
 
@@ -111,9 +114,30 @@ def _keyed_number(key: str, purpose: str, *labels: str) -> int:
 
 
 def _offset_seconds(number: int) -> int:
-    days = MIN_SHIFT_DAYS + number % SHIFT_SPAN_DAYS
-    seconds = (number // SHIFT_SPAN_DAYS) % SECONDS_PER_DAY
-    return -(days * SECONDS_PER_DAY + seconds)
+    """Return a date offset of whole days (in seconds) drawn from ``number``.
+
+    Whole days keep every time of day, so values that share a calendar day share one
+    after shifting. The days are those older versions drew (which added a time of day).
+
+    >>> _offset_seconds(7) == -(MIN_SHIFT_DAYS + 7) * SECONDS_PER_DAY
+    True
+    """
+    return -(MIN_SHIFT_DAYS + number % SHIFT_SPAN_DAYS) * SECONDS_PER_DAY
+
+
+def whole_days(offset_seconds: int) -> int:
+    """Return the whole days of a recorded offset, dropping any part of a day (towards zero).
+
+    Records made before offsets were whole days add up to a day of seconds to the days
+    (further back); only their days are used, the days that key derives today.
+
+    >>> whole_days(-(40177 * SECONDS_PER_DAY + 3600))
+    -40177
+    >>> whole_days(-40177 * SECONDS_PER_DAY)
+    -40177
+    """
+    days = abs(offset_seconds) // SECONDS_PER_DAY
+    return days if offset_seconds >= 0 else -days
 
 
 def _pseudonym(number: int, length: int) -> str:
@@ -121,7 +145,7 @@ def _pseudonym(number: int, length: int) -> str:
 
 
 def keyed_identity(key: str, label: str) -> tuple[int, str]:
-    """Return the date offset (seconds) and pseudonym that ``key`` gives subject ``label``.
+    """Return the date offset (seconds, whole days) and pseudonym that ``key`` gives subject ``label``.
 
     >>> keyed_identity("secret", "01") == keyed_identity("secret", "01")
     True
@@ -212,10 +236,17 @@ def resolve_identity(config: Config | ConvertConfig, label: str, sessions: list[
     path = private / "subjects" / f"sub-{label}.json"
     key = config.date_shift_key
     record = _read_record(path) if path.is_file() else _create_once(path, _new_record(key, label, private))
-    if key is not None and (record["date_offset_seconds"], record["pseudonym"]) != keyed_identity(key, label):
+    recorded = (whole_days(record["date_offset_seconds"]) * SECONDS_PER_DAY, record["pseudonym"])
+    if key is not None and recorded != keyed_identity(key, label):
         raise PrivateStateError(
             f"{path}: this subject's offsets and pseudonym were made with a different --date-shift-key "
             "(or without one); use the original key, or another --private-dir to start afresh"
+        )
+    if record["date_offset_seconds"] % SECONDS_PER_DAY and not config.drop_dates:
+        log.warning(
+            "sub-%s: the recorded date offset has a part of a day (an older bidsdeface); only its whole days are "
+            "used, so this subject's earlier outputs may be shifted up to a day further back (--overwrite redoes them)",
+            record["pseudonym"] if config.pseudonymize else label,
         )
     if any(session and session not in record["sessions"] for session in sessions):
         # Runs adding different sessions of one subject at once must not lose each other's.
@@ -241,7 +272,7 @@ def _identity(config: Config | ConvertConfig, label: str, record: dict[str, Any]
     return SubjectIdentity(
         label=label,
         output_label=record["pseudonym"] if config.pseudonymize else label,
-        date_offset=None if config.drop_dates else timedelta(seconds=record["date_offset_seconds"]),
+        date_offset=None if config.drop_dates else timedelta(days=whole_days(record["date_offset_seconds"])),
         sessions={
             session: pseudonym if config.pseudonymize else session for session, pseudonym in record["sessions"].items()
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,33 @@ HEAD_MASK_RESOLUTION_MM = 2.0
 MIN_HEAD_VARIATION = 0.10
 MIN_NEIGHBOUR_CORRELATION = 0.5
 
+# Header bounds, checked before any voxel is read or any grid is allocated, so that no
+# header can make memory or time grow without bound. Every real head scan is well inside.
+MAX_GRID_VOXELS = 2**27  # one volume: 512**3, a 0.5 mm head over 256 mm
+MAX_VOXELS = 2**29  # all volumes: 2 GiB once made float32 (a 40-frame 256x256x207 dynamic PET)
+MAX_DATA_BYTES = 2**31  # the stored array dataobj would read
+MIN_VOXEL_MM = 0.05  # finer than any in-vivo or ex-vivo head scan
+MAX_VOXEL_MM = 20.0  # twice the thickest clinical slices (10 mm)
+# How far the voxel axes are from perpendicular: arccos |det| of the affine's unit columns
+# (for a shear in one plane, the angle between the sheared axis and where it would be).
+# Gantry tilt, the only real cause, is at most 30 degrees.
+MAX_AXIS_SKEW_DEGREES = 45.0
+MAX_FIELD_OF_VIEW_MM = 1000.0  # along any voxel axis; no head scanner sees a metre
+# Later stages resample the whole field of view (registration, skull strip) at 2 mm or coarser:
+# that grid, field of view / RESAMPLED_MM per axis, is bounded too (about 134 litres; a head is 5).
+RESAMPLED_MM = 2.0
+MAX_RESAMPLED_VOXELS = 2**24
+# What nibabel raises for a corrupt, truncated or inconsistent file
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    ValueError,
+    np.linalg.LinAlgError,
+    nib.spatialimages.HeaderDataError,
+)
+
 HU_AIR = -1000.0
 HU_SOFT_TISSUE = 40.0
 HU_OFFSET = 1024.0
@@ -28,6 +56,11 @@ CT_HISTOGRAM_BINS = 300
 CT_TISSUE_ABOVE_AIR = 0.3
 CT_GAP_TOLERANCE = 0.15
 CT_AIR_TOLERANCE_HU = 150.0
+CT_CLAMP_SHARE = 0.001  # a value held by this share of the voxels is a clamp (padding, a window's floor or ceiling)
+CT_PADDING_GAP = 0.5  # padding lies apart from air: the density just above it under half the air peak's
+CT_TISSUE_TROUGH = 0.3  # air and soft tissue are two modes: the density between them drops under this share
+CT_LEVELS = 4096  # grid for the density of stored levels: finer than any stored CT scale
+CT_TISSUE_ABOVE_CLAMPED_AIR = 0.1  # only the clamp's noise tail lies lower (soft tissue can sit near a high floor)
 
 
 @dataclass(frozen=True)
@@ -61,10 +94,13 @@ class Scan:
 def load_scan(path: Path, frame_durations: object = None) -> Scan:
     """Read a NIfTI scan fully and check that it can be a head image.
 
+    The header is checked first (:func:`check_header`): nothing it claims is
+    allocated before it is known to be bounded.
+
     Parameters
     ----------
     path : Path
-        ``.nii`` or ``.nii.gz`` file.
+        ``.nii`` or ``.nii.gz`` file (NIfTI-1 or NIfTI-2).
     frame_durations : list of float, optional
         Duration of each volume (PET ``FrameDuration``): the reference volume is
         then the time-weighted mean, which favours the long late frames that show
@@ -77,32 +113,26 @@ def load_scan(path: Path, frame_durations: object = None) -> Scan:
     Raises
     ------
     ScanError
-        Unreadable, truncated or corrupt file; fewer than 3 spatial dimensions
-        or more than 4; non-finite values; no signal.
+        Unreadable, truncated or corrupt file; a header that fails
+        :func:`check_header`; non-finite values; no signal.
     """
     try:
         image = nib.load(path)
-        data = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise ScanError(f"{path}: cannot read image (corrupt or truncated file: {exc})") from exc
-    if not isinstance(image, nib.Nifti1Image):
+    except (*READ_ERRORS, nib.filebasedimages.ImageFileError) as exc:
+        raise ScanError(f"{path}: cannot read image header ({_first_line(exc)})") from exc
+    if not isinstance(image, nib.Nifti1Image):  # NIfTI-2 images are a subclass
         raise ScanError(f"{path}: not a NIfTI-1/2 image")
+    check_header(image, path)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except READ_ERRORS as exc:
+        raise ScanError(f"{path}: cannot read image (corrupt or truncated file: {_first_line(exc)})") from exc
     shape = image.shape
-    if len(shape) < 3 or min(shape[:3]) < MIN_SLICES:
-        raise ScanError(
-            f"{path}: image with shape {shape} has fewer than {MIN_SLICES} slices along an axis; "
-            "a 3D head volume is required"
-        )
-    if len(shape) > 4 and any(n > 1 for n in shape[4:]):
-        raise ScanError(f"{path}: image with shape {shape} has more than 4 dimensions")
     volumes = data.reshape((*shape[:3], -1)).astype(np.float32, copy=False)
     if not np.all(np.isfinite(volumes)):
         raise ScanError(f"{path}: image contains NaN or infinite values")
     if not np.any(volumes != volumes.flat[0]):
         raise ScanError(f"{path}: image is constant (no signal)")
-    zooms = image.header.get_zooms()[:3]
-    if min(zooms) <= 0:
-        raise ScanError(f"{path}: invalid voxel size {zooms}")
     reference, summary = _summary_volume(volumes, frame_durations)
     smoothness = neighbour_correlation(reference)
     if smoothness < MIN_NEIGHBOUR_CORRELATION:
@@ -110,6 +140,83 @@ def load_scan(path: Path, frame_durations: object = None) -> Scan:
             f"{path}: neighbouring voxels are unrelated (correlation {smoothness:.2f}); noise, not a head image"
         )
     return Scan(Path(path), image, np.ascontiguousarray(reference, dtype=np.float32), summary)
+
+
+def _first_line(exc: BaseException) -> str:
+    """Return the first line of an exception's message (library messages may span many)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_header(image: nib.Nifti1Image, path: Path | str) -> None:
+    """Refuse, from the header alone, a grid that cannot be a head or would not fit in memory.
+
+    Raises
+    ------
+    ScanError
+        Fewer than 3 spatial dimensions (or fewer than ``MIN_SLICES`` slices) or more
+        than 4; more voxels or bytes than ``MAX_*``; a non-finite or degenerate affine;
+        voxel sizes outside ``MIN_VOXEL_MM``..``MAX_VOXEL_MM``; voxel axes skewed by more
+        than ``MAX_AXIS_SKEW_DEGREES``; a field of view wider than ``MAX_FIELD_OF_VIEW_MM``
+        or whose ``RESAMPLED_MM`` grid exceeds ``MAX_RESAMPLED_VOXELS``.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 3 or min(shape[:3]) < MIN_SLICES:
+        raise ScanError(
+            f"{path}: image with shape {shape} has fewer than {MIN_SLICES} slices along an axis; "
+            "a 3D head volume is required"
+        )
+    if len(shape) > 4 and any(n > 1 for n in shape[4:]):
+        raise ScanError(f"{path}: image with shape {shape} has more than 4 dimensions")
+    voxels, grid = math.prod(shape), math.prod(shape[:3])
+    stored = voxels * image.get_data_dtype().itemsize
+    if grid > MAX_GRID_VOXELS or voxels > MAX_VOXELS or stored > MAX_DATA_BYTES:
+        raise ScanError(
+            f"{path}: header claims shape {shape} ({voxels:.3g} voxels, {stored / 2**30:.3g} GiB); "
+            f"more than a head scan holds (at most {MAX_GRID_VOXELS:.3g} voxels per volume, "
+            f"{MAX_VOXELS:.3g} in all, {MAX_DATA_BYTES / 2**30:.3g} GiB)"
+        )
+    check_grid(shape[:3], image.affine, tuple(float(z) for z in image.header.get_zooms()[:3]), path)
+
+
+def check_grid(
+    shape: tuple[int, ...], affine: np.ndarray | None, zooms: tuple[float, ...], path: Path | str
+) -> None:
+    """Refuse a voxel-to-world affine that is not finite, degenerate, sheared, or too large a field of view.
+
+    ``zooms`` are the header's voxel sizes (later stages scale by them), checked as the affine's are.
+
+    >>> check_grid((120, 120, 90), np.diag([2.0, 2.0, 2.0, 1.0]), (2.0, 2.0, 2.0), "head.nii")
+    >>> sheared = np.diag([2.0, 2.0, 2.0, 1.0]); sheared[0, 1] = 10.0
+    >>> check_grid((120, 120, 90), sheared, (2.0, 2.0, 2.0), "head.nii")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bidsdeface.errors.ScanError: head.nii: sheared or degenerate affine: voxel axes 79 degrees from perpendicular ...
+    """
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise ScanError(f"{path}: the affine (voxel to world) holds non-finite values")
+    sizes = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    for name, values in (("affine", sizes), ("header (pixdim)", zooms)):
+        if not all(MIN_VOXEL_MM <= float(v) <= MAX_VOXEL_MM for v in values):
+            shown = ", ".join(f"{float(v):.3g}" for v in values)
+            raise ScanError(
+                f"{path}: voxel size ({shown}) mm in the {name} is outside {MIN_VOXEL_MM:g}-{MAX_VOXEL_MM:g} mm"
+            )
+    unit_volume = abs(float(np.linalg.det(affine[:3, :3] / sizes)))
+    skew = float(np.degrees(np.arccos(min(1.0, unit_volume))))
+    if skew > MAX_AXIS_SKEW_DEGREES:
+        raise ScanError(
+            f"{path}: sheared or degenerate affine: voxel axes {skew:.0f} degrees from perpendicular "
+            f"(at most {MAX_AXIS_SKEW_DEGREES:.0f})"
+        )
+    extents = [n * float(s) for n, s in zip(shape[:3], sizes, strict=True)]
+    resampled = math.prod(math.ceil(e / RESAMPLED_MM) for e in extents)
+    if max(extents) > MAX_FIELD_OF_VIEW_MM or resampled > MAX_RESAMPLED_VOXELS:
+        raise ScanError(
+            f"{path}: field of view {' x '.join(f'{e:.0f}' for e in extents)} mm is too large for a head scan "
+            f"(at most {MAX_FIELD_OF_VIEW_MM:.0f} mm along an axis and {MAX_RESAMPLED_VOXELS:.3g} voxels "
+            f"at {RESAMPLED_MM:g} mm)"
+        )
 
 
 def _summary_volume(volumes: np.ndarray, frame_durations: object) -> tuple[np.ndarray, str]:
@@ -303,8 +410,9 @@ class CtIntensities:
     ----------
     storage : str
         ``HU`` (Hounsfield units, possibly through the header scaling), ``HU+1024``
-        (unsigned storage offset by 1024) or ``rescaled`` (another linear or
-        windowed scale, such as a template's).
+        (unsigned storage offset by 1024), ``rescaled`` (another linear scale, such
+        as a template's) or ``windowed`` (a display window whose floor clamps the
+        air to the lowest stored value: its scale in HU is unknown).
     air : float
         The air around the head, in the image's real units (after header scaling).
     soft_tissue : float
@@ -322,7 +430,12 @@ class CtIntensities:
 
     def describe(self) -> str:
         """One line for the log: storage, air and soft-tissue values."""
-        names = {"HU": "Hounsfield units", "HU+1024": "Hounsfield units + 1024", "rescaled": "rescaled intensities"}
+        names = {
+            "HU": "Hounsfield units",
+            "HU+1024": "Hounsfield units + 1024",
+            "rescaled": "rescaled intensities",
+            "windowed": "windowed intensities, air clamped at the minimum",
+        }
         return f"{names[self.storage]} (air {self.air:g}, soft tissue {self.soft_tissue:g})"
 
 
@@ -333,14 +446,68 @@ def _histogram_peak(values: np.ndarray, bins: int) -> float:
     return float(np.median(values[(values >= edges[peak]) & (values <= edges[peak + 1])]))
 
 
+def _density(values: np.ndarray, low: float, high: float) -> float:
+    """Return how many of ``values`` lie in (low, high], per unit of intensity."""
+    return np.count_nonzero((values > low) & (values <= high)) / max(high - low, 1e-9)
+
+
+def level_density(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the stored levels of ``values`` within (low, high) and the density at each, per unit.
+
+    Values are put on a grid of CT_LEVELS steps first (float data). Each level counts for
+    the span to its neighbours, so that a window spreading one HU over several levels (an
+    8-bit brain window uses every third value or so) shows no false gaps.
+
+    >>> level_density(np.array([0.0, 3.0, 3.0, 6.0, 6.0, 6.0]), -1.0, 7.0)
+    (array([0., 3., 6.]), array([0.33333333, 0.66666667, 1.        ]))
+    """
+    step = max((high - low) / CT_LEVELS, 1e-12)
+    inside = values[(values > low) & (values < high)]
+    levels, counts = np.unique(np.round((inside - low) / step), return_counts=True)
+    spans = np.gradient(levels) if levels.size > 1 else np.full(levels.size, float(CT_LEVELS))
+    return low + levels * step, counts / (spans * step)
+
+
+def _is_clamp(volume: np.ndarray, value: float) -> bool:
+    """Whether ``value`` is held by a block of voxels (padding or a window's bound) rather than a few."""
+    return np.count_nonzero(volume == value) > CT_CLAMP_SHARE * volume.size
+
+
+def _above(values: np.ndarray, floor: float, ceiling: float | None) -> np.ndarray:
+    """Values above ``floor``, and below ``ceiling`` when the ceiling is a clamp (bone at a window's top)."""
+    return values[(values > floor) & (values < ceiling)] if ceiling is not None else values[values > floor]
+
+
+def _padding_apart(values: np.ndarray, minimum: float, air: float, tissue: float) -> bool:
+    """Whether the minimum is padding apart from the air: a gap below the air peak and soft tissue above it.
+
+    The density just above the minimum must be low next to the air peak's (air cut by a
+    window's floor fills it), and the density between air and soft tissue must drop well
+    below the soft-tissue peak's (when the "air" peak is soft tissue, bone above it falls
+    off without a second mode).
+    """
+    half, eighth = (air - minimum) / 2, (tissue - air) / 8
+    if half <= 0 or eighth <= 0:
+        return False
+    gap = _density(values, minimum, minimum + half) / max(_density(values, air - half, air + half), 1e-9)
+    _, between = level_density(values, air + eighth, tissue - eighth)  # the eighths next to the peaks left out
+    trough = float(ndimage.uniform_filter1d(between, 3, mode="nearest").min()) if between.size else 0.0
+    _, around = level_density(values, tissue - eighth, tissue + eighth)
+    return gap < CT_PADDING_GAP and trough < CT_TISSUE_TROUGH * float(around.max(initial=0.0))
+
+
 def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensities:
     """Find air and soft tissue in a CT histogram and tell how the intensities are stored.
 
-    Air is the most common value after leaving out the minimum (scanners and tilt
-    correction pad outside the field of view with a value below air); soft tissue is
-    the most common value well above air. Their gap tells the storage: about 1040 in
-    Hounsfield units (air at -1000 when plain, about 24 when offset by +1024),
-    anything else is a rescaled CT.
+    A minimum held by many voxels is either padding (scanners and tilt correction pad
+    outside the field of view with a value below air) or the air itself, clamped at a
+    display window's floor. It is padding when it lies apart from the air: the density
+    just above it is low next to the air peak above it, and a soft-tissue mode stands
+    above that air peak. Then air is the most common value above the minimum; otherwise
+    air is the minimum. Soft tissue is the most common value well above air, leaving out
+    a maximum held by many voxels (bone clamped at a window's ceiling). Their gap tells
+    the storage: about 1040 in Hounsfield units (air at -1000 when plain, about 24 when
+    offset by +1024), anything else is a rescaled CT, or a windowed one when air is clamped.
 
     Parameters
     ----------
@@ -359,23 +526,36 @@ def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensiti
         No soft tissue above the air: not a CT head.
 
     >>> volume = np.full((20, 20, 20), -1000.0); volume[0] = -3024; volume[5:15, 5:15, 5:15] = 40
+    >>> volume[5:15, 5:15, 15:17] = 1200  # bone
     >>> ct_intensities(volume)
     CtIntensities(storage='HU', air=-1000.0, soft_tissue=40.0)
     >>> ct_intensities(volume + 1024).storage, ct_intensities(volume / 10 + 100).storage
     ('HU+1024', 'rescaled')
+
+    A brain window (0 to 80 HU stored as 0 to 255) clamps padding and air to 0, bone to 255:
+
+    >>> ct_intensities(np.round(np.clip(volume, 0, 80) * 255 / 80))
+    CtIntensities(storage='windowed', air=0.0, soft_tissue=128.0)
     """
-    values = volume[volume > volume.min()]
+    minimum = float(volume.min())
+    values = volume[volume > minimum]
     values = values if values.size else volume.ravel()
+    ceiling = float(values.max()) if values.min() < values.max() and _is_clamp(volume, float(values.max())) else None
     low, top = (float(v) for v in np.percentile(values, [0.0, 99.9]))
-    air = float(np.round(_histogram_peak(values, CT_HISTOGRAM_BINS), 3))
-    tissue_values = values[values > air + CT_TISSUE_ABOVE_AIR * (top - air)]
+    air = float(np.round(_histogram_peak(_above(values, -np.inf, ceiling), CT_HISTOGRAM_BINS), 3))
+    tissue_values = _above(values, air + CT_TISSUE_ABOVE_AIR * (top - air), ceiling)
+    tissue = _histogram_peak(tissue_values, CT_HISTOGRAM_BINS) if tissue_values.size else air
+    storage = "rescaled"
+    if _is_clamp(volume, minimum) and not _padding_apart(values, minimum, air, tissue):
+        storage, air = "windowed", minimum
+        tissue_values = _above(values, air + CT_TISSUE_ABOVE_CLAMPED_AIR * (top - air), ceiling)
     if tissue_values.size == 0 or top <= low:
         raise ScanError(f"{source}: no soft tissue above the air in the CT histogram; not a CT head image")
     soft_tissue = float(np.round(_histogram_peak(tissue_values, CT_HISTOGRAM_BINS), 3))
     plain_gap = HU_SOFT_TISSUE - HU_AIR
-    if abs((soft_tissue - air) - plain_gap) <= CT_GAP_TOLERANCE * plain_gap:
+    if storage == "rescaled" and abs((soft_tissue - air) - plain_gap) <= CT_GAP_TOLERANCE * plain_gap:
         if abs(air - HU_AIR) <= CT_AIR_TOLERANCE_HU:
             return CtIntensities("HU", air, soft_tissue)
         if abs(air - (HU_AIR + HU_OFFSET)) <= CT_AIR_TOLERANCE_HU:
             return CtIntensities("HU+1024", air, soft_tissue)
-    return CtIntensities("rescaled", air, soft_tissue)
+    return CtIntensities(storage, air, soft_tissue)

@@ -28,6 +28,27 @@ SCRUB_RECORD_DESCRIPTION = (
 )
 
 
+DATASET_SCRUB_RECORD = "dataset_scrub.json"
+DATASET_SCRUB_DESCRIPTION = (
+    "What bidsdeface removed or changed in the dataset-level files. It names keys and columns with "
+    "standard names only (others are counted), never their values."
+)
+
+
+def write_dataset_scrub_record(config: Config, reports: dict[str, ScrubReport | None]) -> Path:
+    """Write ``dataset_scrub.json``: what scrubbing did to the dataset description and ``participants.tsv``.
+
+    Call it holding the dataset lock; it is rebuilt whole each time (listed in ``.bidsignore``).
+    """
+    path = config.output_dir / DATASET_SCRUB_RECORD
+    files = {name: report.as_record() for name, report in reports.items() if report is not None}
+    write_json_atomic(
+        path,
+        {"Description": DATASET_SCRUB_DESCRIPTION, "GeneratedBy": f"bidsdeface {__version__}", "Files": files},
+    )
+    return path
+
+
 def scrub_record_path(output_dir: Path, identity: SubjectIdentity) -> Path:
     """Return the subject's scrub record path (listed in ``.bidsignore``)."""
     label = identity.output_label
@@ -78,7 +99,9 @@ def carry_table(
     if not clean.rows:
         return None
     write_bytes_atomic(target, clean.to_text().encode())
-    descriptions = scrub_column_descriptions(_column_descriptions(config.bids_dir, source, kind, shown), clean.columns)
+    descriptions = scrub_column_descriptions(
+        _column_descriptions(config.bids_dir, source, kind, shown), clean.columns, config.scrub_policy
+    )
     if descriptions:
         write_json_atomic(target.with_suffix(".json"), descriptions)
     return report

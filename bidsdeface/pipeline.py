@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -43,6 +44,7 @@ from .errors import (
     NoInputError,
     OutputError,
     UsageError,
+    library_messages_to_debug,
 )
 from .identity import (
     SubjectIdentity,
@@ -52,11 +54,18 @@ from .identity import (
     resolve_identity,
 )
 from .images import CtIntensities, Scan, brain_threshold, ct_intensities, foreground_threshold, load_scan
-from .metadata import write_participants, write_scrub_record, write_subject_tables
+from .metadata import write_dataset_scrub_record, write_participants, write_scrub_record, write_subject_tables
 from .qc import ScanQc, check_scan, limits_record
 from .register import Registration, register_template, register_through_anatomical, scan_masks
-from .report import QcSummary, write_group_files, write_subject_report
-from .scrub import screen_text, scrub_modality, scrub_nifti_header, scrub_sidecar
+from .report import QcSummary, refresh_subject_report, write_group_files, write_subject_report
+from .scrub import (
+    ScrubReport,
+    screen_text,
+    scrub_dataset_description,
+    scrub_modality,
+    scrub_nifti_header,
+    scrub_sidecar,
+)
 from .skullstrip import (
     BrainExtraction,
     brain_only_image,
@@ -70,6 +79,10 @@ from .tools import run
 log = logging.getLogger(__name__)
 
 DATASET_LOCK = "dataset"
+MAX_CAUSE_CHARS = 200  # a failure's cause as shown in the log: one short line
+# ITK puts the C++ source line first and the object's address before the message itself
+ITK_SOURCE_LINE = re.compile(r"^\S+\.(h|hxx|txx|cxx|cpp)(:\d+)+:?$")
+ITK_ERROR_PREFIX = re.compile(r"^(ITK ERROR|ITK WARNING|Description):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?")
 
 
 @dataclass(frozen=True)
@@ -203,14 +216,54 @@ def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
     return image
 
 
+def failure_cause(exc: BaseException) -> str:
+    r"""Say in one short line why a library call failed (ITK's many lines, numpy, nibabel).
+
+    >>> failure_cause(RuntimeError("/itk/itkImageBase.hxx:77:\nITK ERROR: Image(0x5f): Zero-valued spacing."))
+    'RuntimeError: Zero-valued spacing.'
+    >>> failure_cause(MemoryError("std::bad_alloc"))
+    'out of memory (std::bad_alloc)'
+    """
+    lines = [ITK_ERROR_PREFIX.sub("", line.strip()) for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not ITK_SOURCE_LINE.match(line)]
+    detail = lines[0] if lines else ""
+    if len(detail) > MAX_CAUSE_CHARS:
+        detail = detail[: MAX_CAUSE_CHARS - 3] + "..."
+    if isinstance(exc, MemoryError) or "allocate memory" in detail:
+        return f"out of memory ({detail})" if detail else "out of memory"
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 def _hide_input_names(message: str, job: ScanJob, identity: SubjectIdentity, shown: str) -> str:
-    """Say ``message`` with output names only: input paths and labels never reach logs."""
+    """Say ``message`` with names that are safe to show and that exist.
+
+    The scan itself is named as in the output (``shown``). Without pseudonyms the
+    input's paths carry the output's labels and are shown as they are. With
+    pseudonyms every input path becomes its output-relative name, so no message
+    joins the input folder with a pseudonym into a path that does not exist, and
+    labels left in the text are replaced.
+    """
     message = message.replace(str(job.path), shown).replace(job.relpath, shown)
+    if identity.output_label == identity.label and all(old == new for old, new in identity.sessions.items()):
+        return message
+    root = str(job.path)[: -len(job.relpath)].rstrip("/")
+    if root:
+        inside = re.compile(re.escape(root) + r"/([^\s:;,'\"()]+)")
+        message = inside.sub(lambda match: _output_name(identity, match.group(1)), message)
+        message = message.replace(root, "<input dataset>")
     renames = {f"sub-{identity.label}": f"sub-{identity.output_label}"}
     renames.update({f"ses-{old}": f"ses-{new}" for old, new in identity.sessions.items() if old})
     for old in sorted(renames, key=len, reverse=True):
         message = message.replace(old, renames[old])
     return message
+
+
+def _output_name(identity: SubjectIdentity, relpath: str) -> str:
+    """Return an input-relative path with the subject's output labels (or a neutral word for a non-BIDS name)."""
+    try:
+        return identity.output_relpath(relpath)
+    except ValueError:
+        return "<input file>"
 
 
 def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> ScanOutcome:
@@ -331,10 +384,12 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
         for stale in outputs.stale_brain_files():
             stale.unlink(missing_ok=True)
     except BidsDefaceError as exc:
-        return ScanOutcome(shown, "failed", _hide_input_names(str(exc), job, identity, shown), seconds=timer.seconds)
+        message = _hide_input_names(" ".join(str(exc).split()), job, identity, shown)
+        return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
     except Exception as exc:  # one crashing scan must not stop a 1,000-subject run
         log.debug("%s: traceback:\n%s", shown, _hide_input_names(traceback.format_exc(), job, identity, shown))
-        message = _hide_input_names(f"{job.path}: {type(exc).__name__}: {exc}", job, identity, shown)
+        stage = next(reversed(timer.seconds), "load")  # the stage that raised has just been timed
+        message = _hide_input_names(f"{job.path}: {stage} failed: {failure_cause(exc)}", job, identity, shown)
         return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
     metrics: dict[str, Any] = {
         **quality.metrics,
@@ -461,33 +516,62 @@ def qc_record(
     }
 
 
-def check_paths(config: Config) -> None:
-    """Refuse outputs that would touch the input, and unwritable output folders.
+def _within(path: Path, folder: Path) -> bool:
+    """Return whether ``path`` is ``folder`` or inside it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_folders(config: Config) -> None:
+    """Refuse folders that would write into the input, or put private or unfinished files in the output.
+
+    Nothing is created or written: the paths are only compared.
 
     Raises
     ------
     UsageError
-        OUTPUT_DIR is BIDS_DIR or inside it.
-    OutputError
-        OUTPUT_DIR cannot be created or written.
+        OUTPUT_DIR is BIDS_DIR or inside it; the scratch folder (``-w``) is in or at
+        BIDS_DIR or OUTPUT_DIR (it holds undefaced images); the private folder is in either.
     """
     bids_dir, output_dir = config.bids_dir.resolve(), config.output_dir.resolve()
-    if output_dir == bids_dir or bids_dir in output_dir.parents:
+    if _within(output_dir, bids_dir):
         raise UsageError(f"{config.output_dir}: the output folder must be outside the input dataset {bids_dir}")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".bidsdeface-write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{config.output_dir}: cannot write to the output folder ({exc.strerror})") from exc
+    shared = ((bids_dir, "input dataset"), (output_dir, "output folder"))
+    if config.work_dir is not None:
+        for folder, name in shared:
+            if _within(config.work_dir.resolve(), folder):
+                raise UsageError(
+                    f"{config.work_dir}: the scratch folder (-w) must be outside the {name}; choose another --work-dir"
+                )
     if needs_private_folder(config):
         private = private_folder(config).resolve()
-        for shared, name in ((output_dir, "output folder"), (bids_dir, "input dataset")):
-            if private == shared or shared in private.parents:
+        for folder, name in shared:
+            if _within(private, folder):
                 raise UsageError(
                     f"{private}: the private folder (date offsets, pseudonyms) must be outside the {name}; "
                     "choose another --private-dir"
                 )
+
+
+def check_paths(config: Config) -> None:
+    """Refuse folders that would touch the input (:func:`check_folders`), and unwritable output folders.
+
+    Raises
+    ------
+    UsageError
+        See :func:`check_folders`.
+    OutputError
+        OUTPUT_DIR or the scratch folder cannot be created or written.
+    """
+    check_folders(config)
+    writable = [(config.output_dir, "output folder")]
+    writable += [(config.work_dir, "scratch folder (-w)")] if config.work_dir is not None else []
+    for folder, name in writable:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".bidsdeface-write-test-"):
+                pass
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot write to the {name} ({exc.strerror})") from exc
 
 
 def validate_input(config: Config) -> None:
@@ -516,6 +600,12 @@ def _set_threads(threads: int) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
 
 
+def _start_worker(threads: int) -> None:
+    """Set up a pool worker as the command line sets up itself: bounded threads, no stray library output."""
+    _set_threads(threads)
+    library_messages_to_debug()
+
+
 def _map_scans(
     jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
 ) -> Iterator[tuple[ScanJob, ScanOutcome]]:
@@ -526,7 +616,7 @@ def _map_scans(
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=config.nprocs, mp_context=context, initializer=_set_threads, initargs=(config.omp_nthreads,)
+        max_workers=config.nprocs, mp_context=context, initializer=_start_worker, initargs=(config.omp_nthreads,)
     ) as pool:
         futures = [(job, pool.submit(process_scan, job, config, identities[job.subject])) for job in jobs]
         try:
@@ -572,8 +662,10 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     jobs = find_scans(config)
     subjects = sorted({job.subject for job in jobs})
     log.info("%d scan(s) of %d subject(s) to process", len(jobs), len(subjects))
+    carried, description_report = scrub_dataset_description(source_description, config.scrub_policy)
+    _log_scrub("dataset_description.json", description_report, "field")
     with output_lock(config.output_dir, DATASET_LOCK):
-        write_dataset_files(config.output_dir, source_description, config.container_image)
+        write_dataset_files(config.output_dir, carried, config.container_image)
         remove_stale_temporaries(config.output_dir, recursive=False)
     identities = _resolve_identities(config, jobs)
     failed = 0
@@ -611,14 +703,38 @@ def _write_dataset_summaries(config: Config) -> None:
     """Rebuild ``participants.tsv``, ``qc.tsv`` and the group report from what is on disk.
 
     Under the dataset lock, so that of many runs finishing together the last one to
-    write has seen every other's outputs.
+    write has seen every other's outputs. Subject reports that no run is writing now
+    are brought up to date first (a killed run leaves finished subjects without one).
     """
+    description = scrub_dataset_description(read_dataset_description(config.bids_dir), config.scrub_policy)[1]
     with output_lock(config.output_dir, DATASET_LOCK):
         participants = write_participants(config)
+        write_dataset_scrub_record(config, {"dataset_description.json": description, "participants.tsv": participants})
+        _refresh_subject_reports(config.output_dir)
         summary = write_group_files(config.output_dir)
-    if participants is not None and participants.removed:
-        log.info("participants.tsv: column(s) not shared: %s", ", ".join(participants.removed))
+    if participants is not None:
+        _log_scrub("participants.tsv", participants, "column")
     _log_qc_summary(summary)
+
+
+def _log_scrub(name: str, report: ScrubReport, what: str) -> None:
+    """Log what scrubbing removed from one file: standard names, a count of the others, dropped values."""
+    if report.removed_count():
+        unknown = f"{report.unknown_removed} with non-standard names" if report.unknown_removed else ""
+        named = ", ".join(report.removed)
+        names = "; ".join(filter(None, (named, unknown)))
+        log.info("%s: %d %s(s) not shared: %s", name, report.removed_count(), what, names)
+    for key, why in report.dropped.items():
+        log.info("%s: value of %s not shared (%s)", name, key, why)
+
+
+def _refresh_subject_reports(output_dir: Path) -> None:
+    """Rewrite missing or outdated subject reports, skipping subjects another run holds (it writes theirs)."""
+    for folder in sorted(output_dir.glob("sub-*")):
+        if folder.is_dir():
+            with output_lock(output_dir, folder.name, wait=False) as held:
+                if held and refresh_subject_report(output_dir, folder.name.removeprefix("sub-")):
+                    log.info("%s.html: rebuilt (it was missing or out of date)", folder.name)
 
 
 def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, SubjectIdentity]:
@@ -669,14 +785,14 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
     for name, record in m["scrub"].items():
         sidecar = record["Sidecar"]
         log.info(
-            "%s: metadata: %d key(s) removed, %d date(s) shifted; header text fields cleared: %s",
+            "%s: metadata: %d key(s) removed, %d value(s) failing their checks dropped, %d date(s) shifted; "
+            "header text fields cleared: %s",
             name,
-            len(sidecar.get("Removed", [])),
+            len(sidecar.get("Removed", [])) + sidecar.get("UnknownRemoved", 0),
+            len(sidecar.get("ValuesDropped", {})),
             len(sidecar.get("DatesShifted", [])),
             ", ".join(record["NiftiHeader"].get("Removed", [])) or "none",
         )
-        for key, kinds in sidecar.get("Flagged", {}).items():
-            log.warning("%s: kept key %s looks like it holds a %s; review it", name, key, " / ".join(kinds))
 
 
 def run_group(config: Config) -> int:

@@ -9,7 +9,7 @@ of them may survive unless a user keeps it by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UsageError
@@ -95,10 +95,39 @@ CLOCK_KEYS: frozenset[str] = frozenset(
         "TimeZero",
     }
 )  # fmt: skip
-# Clock times BIDS requires: a dropped or unreadable value becomes this placeholder.
-REQUIRED_CLOCK_PLACEHOLDERS: dict[str, dict[str, str]] = {"pet": {"TimeZero": "00:00:00"}}
-# Free text that BIDS requires for PET: kept, and screened like user-kept keys.
-SCREENED_SIDECAR_KEYS: frozenset[str] = frozenset({"AttenuationCorrection", "ReconMethodName", "TracerName"})
+# Values BIDS requires: a dropped or unreadable value becomes this placeholder, so the dataset stays valid.
+REQUIRED_PLACEHOLDERS: dict[str, dict[str, str]] = {
+    "pet": {
+        "TimeZero": "00:00:00", "AttenuationCorrection": "n/a", "ReconMethodName": "n/a", "TracerName": "n/a",
+        "ManufacturersModelName": "n/a", "Manufacturer": "n/a", "ReconFilterType": "n/a", "AcquisitionMode": "n/a",
+    },
+}  # fmt: skip
+
+# Free text in allowed keys leaves only when it looks like what the device or the standard writes there.
+# The vendors dcm2niix tells apart (its kMANUFACTURER_* list), as the first word of Manufacturer.
+VENDOR_FIRST_WORDS: frozenset[str] = frozenset(
+    {"SIEMENS", "GE", "PHILIPS", "TOSHIBA", "CANON", "UIH", "UNITED", "BRUKER", "HITACHI", "MEDISO", "MRSOLUTIONS",
+     "HYPERFINE", "FUJIFILM"}
+)  # fmt: skip
+VENDOR_KEYS: frozenset[str] = frozenset({"Manufacturer"})
+# DICOM CID 4030 (CT, MR and PET Anatomy Imaged) is the vocabulary of these keys.
+ANATOMY_KEYS: frozenset[str] = frozenset({"BodyPart", "BodyPartExamined"})
+# Sequence-like codes: one token of the characters scanners use in them ("*tfl3d1_16ns", "HeadNeck_64").
+SEQUENCE_CODE_KEYS: frozenset[str] = frozenset(
+    {"SequenceName", "PulseSequenceName", "InternalPulseSequenceName", "ScanningSequence", "SequenceVariant",
+     "ScanOptions", "PulseSequenceDetails", "ReceiveCoilName", "ReceiveCoilActiveElements", "TransmitCoilName",
+     "CoilString", "ConvolutionKernel", "FilterType", "ImageTypeText", "ImageType", "MRAcquisitionType",
+     "PhaseEncodingAxis", "InPlanePhaseEncodingDirectionDICOM", "ConversionSoftware"}
+)  # fmt: skip
+SEQUENCE_CODE = r"[A-Za-z0-9_*+\-.#/:;,%\\\[\]()]+"
+# Versions of the converter: numbers and dots (a release date inside one is not a person's date).
+VERSION_KEYS: frozenset[str] = frozenset({"ConversionSoftwareVersion"})
+VERSION = r"v?\d+(?:\.\d+)+[a-z]?"
+# All-capital words this short pass as acronyms (HRRT, OSEM) without being words of the standards.
+ACRONYM_LETTERS = 4
+# Any other kept text: short, and only the characters technical descriptions use.
+MAX_TEXT_CHARS = 64
+TECHNICAL_TEXT = r"[A-Za-z0-9 _*+\-.#/:;%\\\[\](),<>=]+"
 # Keeping one of these means the dataset retains the device's identity (DICOM option 113109).
 DEVICE_IDENTITY_KEYS: frozenset[str] = frozenset({"DeviceSerialNumber", "StationName", "SoftwareVersions"})
 
@@ -169,11 +198,26 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 AGE_COLUMNS: frozenset[str] = frozenset({"age"})
 TIME_COLUMNS: frozenset[str] = frozenset({"acq_time"})
-# Column descriptions in participants.json and friends: only these fields leave.
+# Column descriptions in participants.json and friends come from the BIDS schema; these are bidsdeface's own
+# for allowed columns the schema does not define, and for columns a site keeps.
+OWN_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "group": {"LongName": "Group", "Description": "Group of the participant, as in the source (values screened)"},
+}
+SITE_COLUMN_DESCRIPTION: dict[str, str] = {
+    "Description": "Kept at the data provider's request; values screened for identifiers (failures are n/a)"
+}
+# Fields of an input column description a site may keep (screened) with keep_column_descriptions.
 COLUMN_DESCRIPTION_FIELDS: frozenset[str] = frozenset(
     {"LongName", "Description", "Levels", "Units", "TermURL", "Format", "Delimiter", "Minimum", "Maximum"}
 )
-POLICY_FILE_FIELDS: frozenset[str] = frozenset({"keep_sidecar_keys", "drop_sidecar_keys", "keep_columns"})
+# dataset_description.json fields carried by default; a site may keep more with keep_dataset_fields.
+DATASET_FIELDS_CARRIED: tuple[str, ...] = ("License", "Authors")
+NEUTRAL_DATASET_NAME = "De-identified dataset (bidsdeface)"
+# A dataset DOI names the dataset, not a person: kept when it is a DOI (long digit runs are normal in DOIs).
+DOI = r"(?:doi:|https?://(?:dx\.)?doi\.org/)?10\.\d{4,9}/[-._;()/:A-Za-z0-9]+"
+POLICY_FILE_FIELDS: frozenset[str] = frozenset(
+    {"keep_sidecar_keys", "drop_sidecar_keys", "keep_columns", "keep_column_descriptions", "keep_dataset_fields"}
+)
 
 
 @dataclass(frozen=True)
@@ -183,28 +227,31 @@ class SitePolicy:
     Attributes
     ----------
     keep_sidecar_keys : tuple of str
-        Keys kept in addition to the allow-list (their text is screened and flagged).
+        Keys kept in addition to the allow-list (their values are checked and screened like any other).
     drop_sidecar_keys : tuple of str
         Keys removed even though the allow-list has them.
     keep_columns : tuple of str
-        Table columns kept in addition to ``TABLE_COLUMNS`` (screened and flagged).
+        Table columns kept in addition to ``TABLE_COLUMNS`` (values screened; failures become ``n/a``).
+    keep_column_descriptions : tuple of str
+        Columns whose input description (``participants.json``...) is carried, screened, instead of the
+        standard one.
+    keep_dataset_fields : tuple of str
+        ``dataset_description.json`` fields carried (screened) beyond ``License`` and ``Authors``.
     """
 
     keep_sidecar_keys: tuple[str, ...] = ()
     drop_sidecar_keys: tuple[str, ...] = ()
     keep_columns: tuple[str, ...] = ()
+    keep_column_descriptions: tuple[str, ...] = ()
+    keep_dataset_fields: tuple[str, ...] = ()
 
     def merged(self, other: SitePolicy) -> SitePolicy:
         """Return this policy with ``other``'s entries added (order kept, duplicates dropped)."""
         return SitePolicy(
-            *(
-                tuple(dict.fromkeys(mine + theirs))
-                for mine, theirs in (
-                    (self.keep_sidecar_keys, other.keep_sidecar_keys),
-                    (self.drop_sidecar_keys, other.drop_sidecar_keys),
-                    (self.keep_columns, other.keep_columns),
-                )
-            )
+            **{
+                name: tuple(dict.fromkeys(getattr(self, name) + getattr(other, name)))
+                for name in (f.name for f in fields(SitePolicy))
+            }
         )
 
 
@@ -232,3 +279,17 @@ def read_policy_file(path: Path) -> SitePolicy:
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
             raise UsageError(f"{path}: '{name}' must be a list of names")
     return SitePolicy(**{name: tuple(dict.fromkeys(value)) for name, value in content.items()})
+
+
+def listed_name(name: str) -> bool:
+    """Return whether ``name`` is on one of bidsdeface's own fixed lists (safe to show, like a standard name).
+
+    >>> listed_name("ProcedureStepDescription"), listed_name("JohnSmith_MRN")
+    (True, False)
+    """
+    return (
+        name in IDENTIFYING_KEYS
+        or name in CLOCK_KEYS
+        or any(name in keys for keys in MODALITY_SIDECAR_KEYS.values())
+        or any(name in columns for columns in TABLE_COLUMNS.values())
+    )

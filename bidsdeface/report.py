@@ -3,7 +3,10 @@
 Every report is made from what is on disk, so a resumed run, another subject's
 run or the group level writes the same files. Reports link figures by relative
 paths and need nothing but a browser; they hold output names, metrics and key
-names only.
+names only. They link only files that exist: a QC record whose image is gone is
+left out, a missing figure is not shown, and the group report links a scan only
+once its subject report holds it (a run killed before writing that report leaves
+it to the next run or the group level).
 """
 
 from __future__ import annotations
@@ -77,8 +80,21 @@ class QcSummary:
         return self.statuses.count(status)
 
 
+def _on_disk(output_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Return ``record`` with only the figures that exist, or None when its image does not."""
+    scan, figures = record.get("Scan"), record.get("Figures", {})
+    if not isinstance(scan, str) or not (output_dir / scan).is_file() or not isinstance(figures, dict):
+        return None
+    kept = {kind: path for kind, path in figures.items() if isinstance(path, str) and (output_dir / path).is_file()}
+    return {**record, "Figures": kept}
+
+
 def read_qc_records(output_dir: Path, subject: str | None = None) -> list[dict[str, Any]]:
-    """Return the QC records below ``output_dir`` (one subject's, or all), flagged scans first."""
+    """Return the QC records below ``output_dir`` (one subject's, or all), flagged scans first.
+
+    Only files that exist are named: a record whose image is gone (an interrupted or
+    cleaned-up scan) is left out, and its missing figures are dropped.
+    """
     pattern = f"sub-{subject}/**/*_qc.json" if subject else "sub-*/**/*_qc.json"
     records = []
     for path in sorted(output_dir.glob(pattern)):
@@ -87,8 +103,13 @@ def read_qc_records(output_dir: Path, subject: str | None = None) -> list[dict[s
         except (OSError, ValueError):
             log.warning("%s: unreadable QC record; left out of the reports", path.relative_to(output_dir))
             continue
-        if isinstance(record, dict) and record.get("Status") in STATUS_ORDER:
-            records.append(record)
+        if not isinstance(record, dict) or record.get("Status") not in STATUS_ORDER:
+            continue
+        present = _on_disk(output_dir, record)
+        if present is None:
+            log.info("%s: its scan is not in the output; left out of the reports", path.relative_to(output_dir))
+        else:
+            records.append(present)
     return sorted(records, key=lambda r: (STATUS_ORDER.index(r["Status"]), r.get("Scan", "")))
 
 
@@ -172,9 +193,13 @@ def _scan_section(record: dict[str, Any]) -> str:
 
 
 def _names(keys: Any) -> str:
-    """Show a scrub record entry: a list of names, or names with what they were flagged as."""
+    """Show a scrub record entry: a list of names, names with why their values were dropped, or a count.
+
+    >>> _names({"EchoTime": "not a number"}), _names(["PatientName"]), _names(3)
+    ('EchoTime (not a number)', 'PatientName', '3')
+    """
     if isinstance(keys, dict):
-        return ", ".join(f"{key} ({' / '.join(map(str, kinds))})" for key, kinds in keys.items())
+        return ", ".join(f"{key} ({why})" for key, why in keys.items())
     return ", ".join(map(str, keys)) if isinstance(keys, list) else str(keys)
 
 
@@ -199,37 +224,85 @@ def _scrub_section(output_dir: Path, label: str) -> str:
     )
 
 
-def write_subject_report(output_dir: Path, label: str) -> Path:
-    """Write ``OUTPUT_DIR/sub-<label>.html`` from the subject's QC and scrub records."""
+def subject_report(output_dir: Path, label: str) -> bytes:
+    """Return the page ``sub-<label>.html``, made from the subject's QC and scrub records on disk."""
     records = read_qc_records(output_dir, label)
     body = f"<p>{len(records)} scan(s): {_counts(records)}</p>\n"
     body += "".join(_scan_section(record) for record in records)
     body += _scrub_section(output_dir, label)
+    return _page(f"sub-{label}: defacing QC", body)
+
+
+def write_subject_report(output_dir: Path, label: str) -> Path:
+    """Write ``OUTPUT_DIR/sub-<label>.html`` from the subject's QC and scrub records."""
     path = output_dir / f"sub-{label}.html"
-    write_bytes_atomic(path, _page(f"sub-{label}: defacing QC", body))
+    write_bytes_atomic(path, subject_report(output_dir, label))
     return path
 
 
-def group_report(records: list[dict[str, Any]]) -> bytes:
-    """Return the group report: every scan, FAIL and WARN first, with a thumbnail and its reasons."""
-    rows = []
+def refresh_subject_report(output_dir: Path, label: str) -> bool:
+    """Rewrite ``sub-<label>.html`` if it is missing or out of date; return whether it was written.
+
+    Call it holding the subject's lock. A run killed before it wrote the report
+    leaves a subject whose finished scans no report shows; this repairs it.
+    """
+    path = output_dir / f"sub-{label}.html"
+    page = subject_report(output_dir, label)
+    try:
+        if path.read_bytes() == page:
+            return False
+    except OSError:
+        pass
+    write_bytes_atomic(path, page)
+    return True
+
+
+def _reported_scans(output_dir: Path, records: list[dict[str, Any]]) -> frozenset[str]:
+    """Return the scans whose subject report exists and holds their section (the group report links those)."""
+    reported = set()
+    for subject in sorted({record["Scan"].split("/")[0] for record in records}):
+        try:
+            page = (output_dir / f"{subject}.html").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        reported |= {r["Scan"] for r in records if f'id="{html.escape(r["Scan"])}"' in page}
+    return frozenset(reported)
+
+
+def _linked(target: str | None, content: str) -> str:
+    return f'<a href="{html.escape(target)}">{content}</a>' if target else content
+
+
+def group_report(records: list[dict[str, Any]], reported: frozenset[str] | None = None) -> bytes:
+    """Return the group report: every scan, FAIL and WARN first, with a thumbnail and its reasons.
+
+    A scan links to its subject report only when it is in ``reported`` (all, if None).
+    """
+    rows, pending = [], 0
     for record in records:
         scan, metrics = record["Scan"], record.get("Metrics", {})
         subject = scan.split("/")[0]
         render = record.get("Figures", {}).get("Render", "")
         thumbnail = f'<img src="{html.escape(render)}" alt="render of {html.escape(scan)}" width="180">'
         thumbnail = thumbnail if render else ""
+        target = f"{subject}.html#{scan}" if reported is None or scan in reported else None
+        pending += target is None
         rows.append(
-            f'<tr><td><a href="{html.escape(subject)}.html#{html.escape(scan)}">{thumbnail}</a></td>'
-            f'<td><a href="{html.escape(subject)}.html#{html.escape(scan)}">{html.escape(scan)}</a></td>'
+            f"<tr><td>{_linked(target, thumbnail)}</td><td>{_linked(target, html.escape(scan))}</td>"
             f"<td>{_badge(record['Status'])}</td><td>{_list(record.get('Reasons', []))}</td>"
             f"<td>{html.escape(_cell(metrics.get('registration_score')))}</td>"
             f"<td>{html.escape(_cell(metrics.get('face_signal_left')))}</td>"
             f"<td>{html.escape(_cell(metrics.get('face_score_after')))}</td></tr>"
         )
+    note = (
+        f'<p class="note">{pending} scan(s) are not linked yet: their subject report is written by the next '
+        "run on that subject or by the group level.</p>\n"
+        if pending
+        else ""
+    )
     body = (
         f"<p>{len(records)} scan(s): {_counts(records)}. Failed and flagged scans come first; "
-        f'the full table is <a href="{QC_TABLE}">{QC_TABLE}</a>.</p>\n'
+        f'the full table is <a href="{QC_TABLE}">{QC_TABLE}</a>.</p>\n{note}'
         "<table><tr><th>render</th><th>scan</th><th>QC</th><th>reasons</th><th>registration score</th>"
         "<th>face tissue left</th><th>face score after</th></tr>" + "".join(rows) + "</table>"
     )
@@ -241,5 +314,5 @@ def write_group_files(output_dir: Path) -> QcSummary:
     records = read_qc_records(output_dir)
     table, report = output_dir / QC_TABLE, output_dir / GROUP_REPORT
     write_bytes_atomic(table, qc_table(records).encode())
-    write_bytes_atomic(report, group_report(records))
+    write_bytes_atomic(report, group_report(records, _reported_scans(output_dir, records)))
     return QcSummary(tuple(r["Status"] for r in records), table, report)

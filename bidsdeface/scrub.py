@@ -16,16 +16,39 @@ import nibabel as nib
 
 from .errors import ScrubError
 from .policy import (
+    ACRONYM_LETTERS,
     AGE_COLUMNS,
+    ANATOMY_KEYS,
     CLOCK_KEYS,
     COLUMN_DESCRIPTION_FIELDS,
+    DATASET_FIELDS_CARRIED,
+    DOI,
     IDENTIFYING_KEYS,
+    MAX_TEXT_CHARS,
     MODALITY_SIDECAR_KEYS,
-    REQUIRED_CLOCK_PLACEHOLDERS,
-    SCREENED_SIDECAR_KEYS,
+    NEUTRAL_DATASET_NAME,
+    OWN_COLUMN_DESCRIPTIONS,
+    REQUIRED_PLACEHOLDERS,
+    SEQUENCE_CODE,
+    SEQUENCE_CODE_KEYS,
+    SITE_COLUMN_DESCRIPTION,
     TABLE_COLUMNS,
+    TECHNICAL_TEXT,
     TIME_COLUMNS,
+    VENDOR_FIRST_WORDS,
+    VENDOR_KEYS,
+    VERSION,
+    VERSION_KEYS,
     SitePolicy,
+    listed_name,
+)
+from .standards import (
+    column_definition,
+    column_description,
+    column_levels,
+    is_standard_name,
+    is_technical_word,
+    standard_fit,
 )
 
 NIFTI_TEXT_FIELDS: tuple[str, ...] = ("descrip", "aux_file", "intent_name", "db_name", "data_type")
@@ -72,16 +95,28 @@ SCREEN_PATTERNS: dict[str, re.Pattern[str]] = {
 def shift_clock_text(text: str, offset: timedelta) -> str | None:
     """Shift a date, time or date-time string by ``offset``, keeping its format.
 
-    Times of day without a date wrap around midnight. Returns None for text in
-    no known format, or for a shifted date later than ``LATEST_SHIFTED_YEAR``.
+    ``offset`` is a whole number of days: every date moves by it and every time of
+    day is kept, so values that share a calendar day (a date, and date-times of that
+    day) share one after shifting, and intervals between date-times are exact. Times
+    without a date are only checked. Returns None for text in no known format, or
+    for a shifted date later than ``LATEST_SHIFTED_YEAR``.
 
-    >>> shift_clock_text("2024-03-15T14:22:07.25", -timedelta(days=40000, seconds=3600))
-    '1914-09-09T13:22:07.25'
-    >>> shift_clock_text("14:22:07", -timedelta(days=40000, seconds=3600))
-    '13:22:07'
+    Raises
+    ------
+    ValueError
+        ``offset`` holds a part of a day (a bug: it would move some times to another day).
+
+    >>> shift_clock_text("2024-03-15T14:22:07.25", -timedelta(days=40000))
+    '1914-09-09T14:22:07.25'
+    >>> shift_clock_text("20240315", -timedelta(days=40000))
+    '19140909'
+    >>> shift_clock_text("14:22:07", -timedelta(days=40000))
+    '14:22:07'
     >>> shift_clock_text("yesterday", timedelta(0)) is None
     True
     """
+    if offset % timedelta(days=1):
+        raise ValueError("date offsets are whole days")
     text = text.strip()
     for kind, pattern in _CLOCK_FORMATS:
         match = pattern.fullmatch(text)
@@ -152,34 +187,172 @@ def screen_text(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ScrubReport:
-    """What scrubbing did to one file: names only, never values.
+    """What scrubbing did to one file: standard names and counts only, never values.
 
     Attributes
     ----------
     removed : tuple of str
-        Keys or columns removed.
+        Keys or columns removed whose names are standard (BIDS or DICOM) or the site's own.
+    unknown_removed : int
+        How many other keys or columns were removed: their names may identify, so they are counted.
     shifted : tuple of str
         Keys or columns whose dates and times were shifted.
     replaced : tuple of str
         Keys or columns whose values were generalised or replaced by placeholders.
-    flagged : dict
-        Kept keys or columns whose text matched identifying patterns, with the pattern kinds.
+    dropped : dict
+        Allowed keys or columns whose values failed a check, with the reason (the value is not kept).
     """
 
     removed: tuple[str, ...] = ()
+    unknown_removed: int = 0
     shifted: tuple[str, ...] = ()
     replaced: tuple[str, ...] = ()
-    flagged: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         """Return the report as JSON-ready content (empty parts left out)."""
         record: dict[str, Any] = {
             "Removed": list(self.removed),
+            "UnknownRemoved": self.unknown_removed,
             "DatesShifted": list(self.shifted),
             "Replaced": list(self.replaced),
-            "Flagged": {name: list(kinds) for name, kinds in self.flagged.items()},
+            "ValuesDropped": dict(self.dropped),
         }
         return {name: value for name, value in record.items() if value}
+
+    def removed_count(self) -> int:
+        """Return how many keys or columns were removed, named or not."""
+        return len(self.removed) + self.unknown_removed
+
+
+def split_names(names: list[str] | tuple[str, ...], own: tuple[str, ...] = ()) -> tuple[tuple[str, ...], int]:
+    """Return the names that may be shown (standard or in ``own``) and how many others there are.
+
+    >>> split_names(["PatientName", "JohnSmith_MRN", "SiteNote"], own=("SiteNote",))
+    (('PatientName', 'SiteNote'), 1)
+    """
+    shown = tuple(name for name in names if name in own or listed_name(name) or is_standard_name(name))
+    return shown, len(names) - len(shown)
+
+
+def text_problem(key: str, text: str) -> str | None:
+    """Return why free text under an allowed ``key`` may not leave, or None when it may.
+
+    The check is conservative: a manufacturer must be a known vendor, a body part a
+    DICOM anatomic region, a version a version number, a sequence-like key one code
+    token. Any text must be short, use only the characters of technical
+    descriptions, match no identifying pattern (:func:`screen_text`), and every
+    word of four letters or more (acronyms aside) must be a word of the BIDS
+    schema or the DICOM dictionary, which people's names are not.
+
+    >>> text_problem("SequenceName", "*tfl3d1_16ns") is None, text_problem("SequenceName", "Dr Smith")
+    (True, 'not a sequence-like code')
+    >>> text_problem("Manufacturer", "SIEMENS") is None, text_problem("Manufacturer", "Smith Imaging")
+    (True, 'not a known manufacturer')
+    >>> text_problem("PulseSequenceType", "Spoiled Gradient Echo") is None, text_problem("TracerName", "MRN 4471923")
+    (True, 'looks like a record number')
+    >>> text_problem("AttenuationCorrection", "done by Mary Jones")
+    'has a word that is not technical (a name?)'
+    """
+    if key in VERSION_KEYS:
+        version = re.match(VERSION, text)
+        if version is None:
+            return "not a version number"
+        text = text[version.end() :].strip()
+        if not text:
+            return None
+    problem = _vocabulary_problem(key, text)
+    if problem is None and len(text) > MAX_TEXT_CHARS:
+        problem = f"longer than {MAX_TEXT_CHARS} characters"
+    if problem is None and re.fullmatch(TECHNICAL_TEXT, text) is None:
+        problem = "has characters technical text does not use"
+    kinds = [kind for kind in screen_text(text) if kind != "person name"]
+    if problem is None and kinds:
+        problem = f"looks like a {' / '.join(kinds)}"
+    if problem is None and key not in VENDOR_KEYS and not _technical_words(text):
+        problem = "has a word that is not technical (a name?)"
+    return problem
+
+
+def _vocabulary_problem(key: str, text: str) -> str | None:
+    """Check the keys that have a vocabulary or a code form."""
+    if key in VENDOR_KEYS:
+        words = re.findall(r"[A-Za-z]+", text)
+        if not words or words[0].upper() not in VENDOR_FIRST_WORDS:
+            return "not a known manufacturer"
+    if key in ANATOMY_KEYS and re.sub(r"[^A-Z0-9]", "", text.upper()) not in anatomic_regions():
+        return "not a DICOM anatomic region (CID 4030)"
+    if key in SEQUENCE_CODE_KEYS and re.fullmatch(SEQUENCE_CODE, text) is None:
+        return "not a sequence-like code"
+    return None
+
+
+def _technical_words(text: str) -> bool:
+    """Whether every plain word of 4+ letters is a word of the standards.
+
+    Tokens with digits (``dcm2niix``, ``tfl3d1``), inner capitals (``HeadNeck``,
+    ``TrioTim``) and short acronyms (``HRRT``) are codes, not words.
+    """
+    for token in re.findall(r"[A-Za-z0-9]+", text):
+        code = any(c.isdigit() for c in token) or re.search(r"[a-z][A-Z]", token) is not None
+        acronym = token.isupper() and len(token) <= ACRONYM_LETTERS
+        if len(token) >= 4 and not (code or acronym) and token.upper() not in VENDOR_FIRST_WORDS:
+            if not is_technical_word(token):
+                return False
+    return True
+
+
+def anatomic_regions() -> frozenset[str]:
+    """Return DICOM CID 4030 (CT, MR and PET Anatomy Imaged) as upper-case letters and digits.
+
+    >>> {"HEAD", "BRAIN", "HEADNECK"} <= anatomic_regions()
+    True
+    """
+    from pydicom.sr.codedict import codes
+
+    names = {re.sub(r"[^A-Z0-9]", "", name.upper()) for name in codes.cid4030.dir()}
+    return frozenset(names | {name.replace("AND", "") for name in names})
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def value_problem(key: str, value: Any) -> str | None:
+    """Return why the value of an allowed sidecar ``key`` may not leave, or None when it may.
+
+    The value must have the type and shape the BIDS schema (or, for keys BIDS does
+    not define, the DICOM dictionary) gives the key; keys neither defines may hold
+    numbers, booleans and code-like text only. Every string in it is then checked
+    with :func:`text_problem`.
+
+    >>> value_problem("EchoTime", 0.003), value_problem("EchoTime", {"nested": [1]})
+    (None, 'not the type or shape the BIDS schema or DICOM dictionary defines')
+    >>> value_problem("SequenceName", "LEAK001Q John Smith")
+    'not a sequence-like code'
+    """
+    fit = standard_fit(key, value)
+    if fit is False:
+        return "not the type or shape the BIDS schema or DICOM dictionary defines"
+    if fit is None and not _plain_value(value):
+        return "neither standard defines this key, and the value is not a number, flag or code"
+    coded = key not in VERSION_KEYS
+    if fit is None and coded and any(re.fullmatch(SEQUENCE_CODE, text) is None for text in _texts(value)):
+        return "neither standard defines this key, and the text is not code-like"
+    for text in _texts(value):
+        problem = text_problem(key, text)
+        if problem:
+            return problem
+    return None
+
+
+def _plain_value(value: Any) -> bool:
+    """Numbers, booleans, strings and flat lists of them (what dcm2niix writes for its own keys)."""
+    if isinstance(value, list):
+        return all(isinstance(item, int | float | str) for item in value)
+    return isinstance(value, int | float | str)
 
 
 def scrub_modality(suffix: str, datatype: str) -> str:
@@ -196,7 +369,7 @@ def scrub_modality(suffix: str, datatype: str) -> str:
 def scrub_sidecar(
     metadata: dict[str, Any], modality: str, site: SitePolicy, date_offset: timedelta | None
 ) -> tuple[dict[str, Any], ScrubReport]:
-    """Return a sidecar holding only allowed keys, with dates shifted or dropped.
+    """Return a sidecar holding only allowed keys with checked values, dates shifted or dropped.
 
     Parameters
     ----------
@@ -212,6 +385,7 @@ def scrub_sidecar(
     Returns
     -------
     dict, ScrubReport
+        Removed keys are named only when their names are standard or the site's own.
 
     Raises
     ------
@@ -221,41 +395,40 @@ def scrub_sidecar(
     Examples
     --------
     >>> clean, report = scrub_sidecar(
-    ...     {"EchoTime": 0.003, "InstitutionName": "x", "AcquisitionTime": "10:00:00"},
-    ...     "mri", SitePolicy(), -timedelta(days=40000, seconds=60))
-    >>> clean, report.removed, report.shifted
-    ({'EchoTime': 0.003, 'AcquisitionTime': '09:59:00'}, ('InstitutionName',), ('AcquisitionTime',))
+    ...     {"EchoTime": 0.003, "InstitutionName": "x", "AcquisitionTime": "10:00:00", "JohnSmith_MRN": 1,
+    ...      "FlipAngle": [{"a": 1}]}, "mri", SitePolicy(), -timedelta(days=40000))
+    >>> clean, report.removed, report.unknown_removed, list(report.dropped)
+    ({'EchoTime': 0.003, 'AcquisitionTime': '10:00:00'}, ('InstitutionName',), 1, ['FlipAngle'])
     """
-    allowed = MODALITY_SIDECAR_KEYS[modality]
-    placeholders = REQUIRED_CLOCK_PLACEHOLDERS.get(modality, {})
+    allowed = MODALITY_SIDECAR_KEYS[modality] | set(site.keep_sidecar_keys)
+    placeholders = REQUIRED_PLACEHOLDERS.get(modality, {})
     clean: dict[str, Any] = {}
     removed: list[str] = []
     shifted: list[str] = []
     replaced: list[str] = []
-    flagged: dict[str, tuple[str, ...]] = {}
+    dropped: dict[str, str] = {}
     for key, value in metadata.items():
-        if key in site.drop_sidecar_keys:
+        if key in site.drop_sidecar_keys or (key not in allowed and key not in CLOCK_KEYS):
             removed.append(key)
-        elif key in CLOCK_KEYS and isinstance(value, str):
+            continue
+        if key in CLOCK_KEYS and isinstance(value, str):
             new = None if date_offset is None else shift_clock_text(value, date_offset)
             if new is not None:
                 clean[key] = new
                 shifted.append(key)
-            elif key in placeholders:
-                clean[key] = placeholders[key]
-                replaced.append(key)
-            else:
-                removed.append(key)
-        elif key in CLOCK_KEYS and key not in allowed:
-            removed.append(key)
-        elif key in allowed or key in site.keep_sidecar_keys:
-            clean[key] = value
-            if key in site.keep_sidecar_keys or key in SCREENED_SIDECAR_KEYS:
-                kinds = screen_text(value)
-                if kinds:
-                    flagged[key] = kinds
+                continue
+            problem = "dates are removed" if date_offset is None else "not a date or time in a known form"
         else:
+            problem = value_problem(key, value) if key in allowed else "a date key holding no date"
+        if problem is None:
+            clean[key] = value
+        elif key in placeholders:
+            clean[key] = placeholders[key]
+            replaced.append(key)
+        elif date_offset is None and key in CLOCK_KEYS:
             removed.append(key)
+        else:
+            dropped[key] = problem
     for key, value in placeholders.items():
         if key not in clean and key in metadata:
             clean[key] = value
@@ -264,7 +437,8 @@ def scrub_sidecar(
     leaked = sorted(key for key in clean if key in IDENTIFYING_KEYS and key not in transformed)
     if leaked:
         raise ScrubError(f"identifying sidecar key(s) survived scrubbing: {', '.join(leaked)}")
-    return clean, ScrubReport(tuple(removed), tuple(shifted), tuple(replaced), flagged)
+    shown, unknown = split_names(removed, own=site.drop_sidecar_keys)
+    return clean, ScrubReport(shown, unknown, tuple(shifted), tuple(dict.fromkeys(replaced)), dropped)
 
 
 def generalise_age(text: str) -> str | None:
@@ -318,6 +492,36 @@ class Table:
         return "".join("\t".join(cells) + "\n" for cells in (self.columns, *self.rows))
 
 
+def cell_problem(column: str, value: str) -> str | None:
+    """Return why a cell of an allowed free or BIDS-vocabulary column may not leave, or None.
+
+    Columns with a BIDS vocabulary (``sex``, ``handedness``) keep only its levels;
+    columns with a BIDS pattern or format (``strain_rrid``) must match it; any other
+    text goes through :func:`text_problem`.
+
+    >>> cell_problem("sex", "F"), cell_problem("sex", "Jane"), cell_problem("group", "control")
+    (None, 'not in the BIDS levels', None)
+    >>> cell_problem("group", "Dr Smith's patients")
+    'has characters technical text does not use'
+    """
+    if value == MISSING:
+        return None
+    levels = column_levels(column)
+    if levels is not None:
+        return None if value in levels else "not in the BIDS levels"
+    definition = column_definition(column)
+    if definition is not None and ("pattern" in definition or "format" in definition):
+        return None if standard_fit_column(definition, value) else "not of the BIDS format"
+    return text_problem(column, value)
+
+
+def standard_fit_column(definition: dict[str, Any], value: str) -> bool:
+    """Return whether a TSV cell fits a column's BIDS pattern or format."""
+    from .standards import fits_definition
+
+    return fits_definition(value, {key: definition[key] for key in ("type", "pattern", "format") if key in definition})
+
+
 def scrub_table(
     table: Table,
     kind: str,
@@ -329,14 +533,17 @@ def scrub_table(
 
     Only allowed columns (``TABLE_COLUMNS`` and the site's ``keep_columns``)
     leave; ages of 89 and over become ``89``; ``acq_time`` is shifted, or
-    removed when ``date_offset`` is None. ``relabel`` maps each row's first
+    removed when ``date_offset`` is None; other cells that fail
+    :func:`cell_problem` become ``n/a``. ``relabel`` maps each row's first
     column (participant_id, session_id or filename) to its output value, or to
     None to leave the row out.
 
-    >>> table = Table(("participant_id", "age", "name"), (("sub-1", "93", "Ann"), ("sub-2", "40", "Bob")))
+    >>> rows = (("sub-1", "93", "F", "Ann"), ("sub-2", "40", "x", "B"))
+    >>> table = Table(("participant_id", "age", "sex", "name"), rows)
     >>> clean, report = scrub_table(table, "participants", SitePolicy(), None, lambda x: x)
-    >>> clean.columns, clean.rows, report.removed, report.replaced
-    (('participant_id', 'age'), (('sub-1', '89'), ('sub-2', '40')), ('name',), ('age',))
+    >>> clean.columns, clean.rows, report.removed, report.replaced, report.dropped
+    (('participant_id', 'age', 'sex'), (('sub-1', '89', 'F'), ('sub-2', '40', 'n/a')), ('name',), ('age',), \
+{'sex': '1 value(s) not in the BIDS levels; n/a written'})
     """
     allowed = set(TABLE_COLUMNS[kind]) | set(site.keep_columns)
     id_column = TABLE_COLUMNS[kind][0]
@@ -345,60 +552,142 @@ def scrub_table(
         for index, name in enumerate(table.columns)
         if name in allowed and not (name in TIME_COLUMNS and date_offset is None)
     ]
-    removed = tuple(name for index, name in enumerate(table.columns) if index not in kept)
-    shifted: set[str] = set()
-    replaced: set[str] = set()
-    flagged: dict[str, set[str]] = {}
+    changes = _CellChanges()
     rows = []
     for row in table.rows:
         cells = dict(zip(table.columns, row, strict=True))
-        if id_column not in cells:
-            continue
-        label = relabel(cells[id_column])
-        if label is None:
-            continue
-        out = []
-        for index in kept:
-            name, value = table.columns[index], row[index]
-            if name == id_column:
-                value = label
-            elif name in AGE_COLUMNS:
-                age = generalise_age(value)
-                if age != value:
-                    replaced.add(name)
-                value = age or MISSING
-            elif name in TIME_COLUMNS and value != MISSING:
-                new = shift_clock_text(value, date_offset) if date_offset is not None else None
-                if new is None:
-                    replaced.add(name)
-                else:
-                    shifted.add(name)
-                value = new or MISSING
-            elif name in site.keep_columns:
-                flagged.setdefault(name, set()).update(screen_text(value))
-            out.append(value)
-        rows.append(tuple(out))
+        label = relabel(cells[id_column]) if id_column in cells else None
+        if label is not None:
+            cleaned = (_clean_cell(table.columns[i], row[i], id_column, label, date_offset, changes) for i in kept)
+            rows.append(tuple(cleaned))
+    removed = [name for index, name in enumerate(table.columns) if index not in kept]
+    shown, unknown = split_names(removed, own=tuple(TABLE_COLUMNS[kind]))
     report = ScrubReport(
-        removed,
-        tuple(sorted(shifted)),
-        tuple(sorted(replaced)),
-        {name: tuple(sorted(kinds)) for name, kinds in flagged.items() if kinds},
+        shown,
+        unknown,
+        tuple(sorted(changes.shifted)),
+        tuple(sorted(changes.replaced)),
+        {name: f"{count} value(s) {why}; n/a written" for name, (why, count) in sorted(changes.dropped.items())},
     )
     return Table(tuple(table.columns[index] for index in kept), tuple(rows)), report
 
 
-def scrub_column_descriptions(descriptions: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
-    """Keep the descriptions (``participants.json``...) of shared columns, with standard fields only.
+@dataclass
+class _CellChanges:
+    shifted: set[str] = field(default_factory=set)
+    replaced: set[str] = field(default_factory=set)
+    dropped: dict[str, tuple[str, int]] = field(default_factory=dict)
 
-    >>> scrub_column_descriptions({"age": {"Units": "year", "Note": "x"}, "name": {}}, ("age",))
-    {'age': {'Units': 'year'}}
+    def drop(self, column: str, why: str) -> None:
+        count = self.dropped.get(column, (why, 0))[1]
+        self.dropped[column] = (why, count + 1)
+
+
+def _clean_cell(
+    name: str, value: str, id_column: str, label: str, date_offset: timedelta | None, changes: _CellChanges
+) -> str:
+    """Return one cell as it leaves, recording what was changed in ``changes``."""
+    if name == id_column:
+        return label
+    if name in AGE_COLUMNS:
+        age = generalise_age(value)
+        if age != value:
+            changes.replaced.add(name)
+        return age or MISSING
+    if name in TIME_COLUMNS and value != MISSING:
+        new = shift_clock_text(value, date_offset) if date_offset is not None else None
+        (changes.shifted if new is not None else changes.replaced).add(name)
+        return new or MISSING
+    problem = cell_problem(name, value)
+    if problem is not None:
+        changes.drop(name, problem)
+        return MISSING
+    return value
+
+
+def scrub_column_descriptions(
+    descriptions: dict[str, Any], columns: tuple[str, ...], site: SitePolicy
+) -> dict[str, Any]:
+    """Return the descriptions (``participants.json``...) of the columns that leave.
+
+    They come from the BIDS schema, or are bidsdeface's own; the input's text is
+    carried only for columns the site lists in ``keep_column_descriptions``, field
+    by field, each field screened (failures dropped).
+
+    >>> scrub_column_descriptions({"age": {"Note": "x"}, "name": {}}, ("age",), SitePolicy())["age"]["Units"]
+    'year'
+    >>> kept = SitePolicy(keep_columns=("iq",), keep_column_descriptions=("iq",))
+    >>> source = {"iq": {"Description": "IQ", "Note": "x"}}
+    >>> described = scrub_column_descriptions(source, ("participant_id", "iq"), kept)
+    >>> described["participant_id"]["LongName"], described["iq"]
+    ('Participant ID', {'Description': 'IQ'})
     """
-    clean = {}
+    clean: dict[str, Any] = {}
     for column in columns:
-        description = descriptions.get(column)
-        if isinstance(description, dict):
-            clean[column] = {k: v for k, v in description.items() if k in COLUMN_DESCRIPTION_FIELDS}
+        source = descriptions.get(column)
+        if column in site.keep_column_descriptions and isinstance(source, dict):
+            clean[column] = _screened_fields(source)
+        else:
+            standard = column_description(column) or OWN_COLUMN_DESCRIPTIONS.get(column)
+            own = SITE_COLUMN_DESCRIPTION if column in site.keep_columns else None
+            if standard or own:
+                clean[column] = dict(standard or own)
     return clean
+
+
+def _screened_fields(description: dict[str, Any]) -> dict[str, Any]:
+    """Return the standard description fields whose text passes :func:`screen_text` (levels: keys and values)."""
+    kept: dict[str, Any] = {}
+    for name, value in description.items():
+        texts = [*value.keys(), *value.values()] if isinstance(value, dict) else [value]
+        if name in COLUMN_DESCRIPTION_FIELDS and all(_screened_free_text(text) for text in texts):
+            kept[name] = value
+    return kept
+
+
+def _screened_free_text(text: Any, limit: int = 1000, kinds_allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a kept piece of free text passes the screen: short enough, no identifying pattern."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return True
+    if not isinstance(text, str) or len(text) > limit or any(ord(c) < 32 for c in text):
+        return False
+    return not set(screen_text(text)) - set(kinds_allowed)
+
+
+def scrub_dataset_description(source: dict[str, Any], site: SitePolicy) -> tuple[dict[str, Any], ScrubReport]:
+    """Return the fields of the input's ``dataset_description.json`` that may be carried, and a report.
+
+    By default only ``License`` and ``Authors`` (authors are names by design: they
+    are screened for every other identifying pattern). A site may keep more fields
+    with ``keep_dataset_fields``; every kept string is screened and a failing entry
+    is dropped. ``Name`` becomes neutral unless kept.
+
+    >>> carried, report = scrub_dataset_description(
+    ...     {"Name": "MRN 4471923 study", "License": "CC0", "Authors": ["Ann Lee", "call 020 7946 0958"],
+    ...      "Funding": ["x"], "SecretField": 1}, SitePolicy())
+    >>> carried, report.removed, report.unknown_removed
+    ({'Name': 'De-identified dataset (bidsdeface)', 'License': 'CC0', 'Authors': ['Ann Lee']}, ('Name', 'Funding'), 1)
+    """
+    wanted = (*DATASET_FIELDS_CARRIED, *site.keep_dataset_fields)
+    carried: dict[str, Any] = {"Name": NEUTRAL_DATASET_NAME}
+    dropped: dict[str, str] = {}
+    for name in wanted:
+        if name not in source:
+            continue
+        allowed_kinds = ("person name",) if name == "Authors" else ()
+        value = source[name]
+        entries = value if isinstance(value, list) else [value]
+        if name == "DatasetDOI":
+            kept = [entry for entry in entries if isinstance(entry, str) and re.fullmatch(DOI, entry)]
+        else:
+            kept = [entry for entry in entries if _screened_free_text(entry, kinds_allowed=allowed_kinds)]
+        if len(kept) < len(entries):
+            dropped[name] = f"{len(entries) - len(kept)} entr(y/ies) failed the identifier screen"
+        if kept and (isinstance(value, list) or standard_fit(name, kept[0]) is not False):
+            carried[name] = kept if isinstance(value, list) else kept[0]
+    ignored = [name for name in source if name not in wanted and name not in ("BIDSVersion", "DatasetType")]
+    shown, unknown = split_names(ignored)
+    return carried, ScrubReport(removed=shown, unknown_removed=unknown, dropped=dropped)
 
 
 def scrub_nifti_header(image: nib.Nifti1Image) -> ScrubReport:
@@ -410,8 +699,9 @@ def scrub_nifti_header(image: nib.Nifti1Image) -> ScrubReport:
         The text fields that held something, and ``extensions`` when any were removed.
     """
     header = image.header
-    cleared = [name for name in NIFTI_TEXT_FIELDS if bytes(header[name].tobytes()).strip(b"\x00 ")]
-    for name in NIFTI_TEXT_FIELDS:
+    fields = [name for name in NIFTI_TEXT_FIELDS if name in header]  # NIfTI-2 has no db_name, data_type
+    cleared = [name for name in fields if bytes(header[name].tobytes()).strip(b"\x00 ")]
+    for name in fields:
         header[name] = b""
     if header.extensions:
         cleared.append("extensions")

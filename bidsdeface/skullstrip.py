@@ -37,7 +37,7 @@ from . import __version__
 from .config import Config
 from .deface import ScanMasks, dilate_mm, rebuild_like, stored_value
 from .errors import BidsDefaceError
-from .images import CtIntensities, Scan, block_expanded, block_factors, block_mean
+from .images import CtIntensities, Scan, block_expanded, block_factors, block_mean, level_density
 from .register import MASK_RESOLUTION_MM, RAS_TO_LPS, Registration, to_ants, warp_template_masks
 from .templates import Template
 
@@ -63,6 +63,11 @@ CT_SEARCH_MARGIN_MM = 10.0
 CT_OPENING_MM = 3.0
 HU_SOFT_TISSUE_ABOVE_AIR = 1040.0
 HU_AIR = -1000.0
+HU_SOFT_TISSUE = HU_AIR + HU_SOFT_TISSUE_ABOVE_AIR
+HU_BRAIN_PEAK_WIDTH = 20.0  # grey and white matter peak, full width at half maximum (the GE head CT's)
+PEAK_SMOOTHING = (0.25, 0.5, 0.25)
+PEAK_SMOOTHING_FWHM = 2.355 * 0.5**0.5  # the kernel's own width, in levels
+HU_WINDOW_TOP = 1000.0  # a windowed CT's top value stands for everything above its window: bone
 
 
 class SkullStripError(BidsDefaceError):
@@ -135,6 +140,8 @@ def extract_brain(
         mask = ct_brain(scan, ct, template, registration)
         low, high = CT_BRAIN_WINDOW_HU
         description = f"CT brain window ({low:g} to {high:g} HU) near the template brain; bidsdeface {__version__}"
+        if ct.storage == "windowed":
+            description += "; HU scale of the windowed CT from the width of its soft-tissue peak"
         return BrainExtraction(_checked(mask, scan), "ct-window", description)
     if config.skull_strip_method == "deepbet":
         mask = learned_brain(scan, config.omp_nthreads)
@@ -213,9 +220,53 @@ def opened_mm(mask: np.ndarray, zooms: tuple[float, float, float], radius_mm: fl
 
 
 def hounsfield(volume: np.ndarray, ct: CtIntensities) -> np.ndarray:
-    """Map CT intensities to Hounsfield units through the air and soft-tissue peaks (exact for HU storage)."""
+    """Map CT intensities to Hounsfield units through the air and soft-tissue peaks (exact for HU storage).
+
+    A windowed CT's air is clamped at the window's floor, which may lie far above
+    -1000 HU (a brain window's is near 0 HU): the line through air is then only the
+    steepest possible, and the width of the soft-tissue peak (HU_BRAIN_PEAK_WIDTH at
+    half its height) gives the scale when it is gentler. The window's top value holds
+    all that lay above it (bone, in a brain window): it maps to HU_WINDOW_TOP at least.
+    """
     scale = HU_SOFT_TISSUE_ABOVE_AIR / max(ct.soft_tissue - ct.air, 1e-6)
-    return (HU_AIR + (volume - ct.air) * scale).astype(np.float32)
+    if ct.storage == "windowed":
+        scale = min(scale, HU_BRAIN_PEAK_WIDTH / max(peak_width(volume, ct.soft_tissue), 1e-6))
+    hu = (HU_SOFT_TISSUE + (volume - ct.soft_tissue) * scale).astype(np.float32)
+    if ct.storage == "windowed":
+        top = volume >= volume.max()
+        hu[top] = np.maximum(hu[top], HU_WINDOW_TOP)
+    return hu
+
+
+def peak_width(volume: np.ndarray, centre: float) -> float:
+    """Return the full width at half maximum of the histogram peak nearest ``centre``, clamped values left out.
+
+    The density of the stored levels (:func:`bidsdeface.images.level_density`) is lightly
+    smoothed, to even out levels that hold one HU or two; the smoothing's own width is
+    taken back out (in quadrature).
+
+    >>> stored = np.arange(0.0, 61.0, 3.0)  # a Gaussian peak 15 wide at half height, on every third value
+    >>> values = np.repeat(stored, (1 + 40 * np.exp(-(((stored - 30) / 9) ** 2))).astype(int))
+    >>> round(peak_width(values, 30.0))
+    15
+    """
+    levels, density = level_density(volume, float(volume.min()), float(volume.max()))
+    if levels.size < 3:
+        return 0.0
+    density = np.convolve(density, PEAK_SMOOTHING, mode="same")
+    peak = int(np.argmin(np.abs(levels - centre)))
+    half = density[peak] / 2
+    left, right = peak, peak
+    while left > 0 and density[left - 1] > half:
+        left -= 1
+    while right < levels.size - 1 and density[right + 1] > half:
+        right += 1
+    # the half-height crossings, between the last level above half and the next one
+    below_left, below_right = max(left - 1, 0), min(right + 1, levels.size - 1)
+    start = np.interp(half, density[[below_left, left]], levels[[below_left, left]])
+    stop = np.interp(half, density[[below_right, right]], levels[[below_right, right]])
+    smoothing = PEAK_SMOOTHING_FWHM * float(np.gradient(levels)[peak])
+    return float(np.sqrt(max((stop - start) ** 2 - smoothing**2, 0.0)))
 
 
 def _ants_grid_affine(image: ants.ANTsImage) -> np.ndarray:

@@ -83,6 +83,49 @@ def make_dataset(root: Path, scans: dict[str, Path | nib.Nifti1Image], suffix: s
     return root
 
 
+def write_header_variant(
+    path: Path,
+    source: Path,
+    sform: np.ndarray | None = None,
+    zooms: tuple[float, ...] | None = None,
+    shape: tuple[int, ...] | None = None,
+    with_data: bool = True,
+    nifti2: bool = False,
+) -> Path:
+    """Write the image ``source`` to ``path`` (``.nii.gz``) with a header changed as a faulty converter would.
+
+    The header is written byte for byte (nibabel refuses to build such images): ``sform``
+    replaces the voxel-to-world affine (the qform is turned off), ``zooms`` the header's
+    voxel sizes (pixdim), ``shape`` the dimensions it claims. Without ``with_data`` the file
+    ends after the header: a reader that touches the voxels fails as truncated.
+    """
+    import gzip
+
+    image = nib.load(source)
+    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
+    header.set_data_dtype(image.get_data_dtype())
+    header.set_data_shape(image.shape)
+    header.set_xyzt_units("mm")
+    header.set_qform(image.affine, code=1)
+    header.set_sform(image.affine, code=1)
+    if sform is not None:
+        header.set_sform(sform, code=1)  # written as given: nibabel does not decompose the sform
+        header["qform_code"] = 0
+    if zooms is not None:
+        header["pixdim"][1 : len(zooms) + 1] = zooms
+    if shape is not None:
+        header["dim"][: len(shape) + 1] = (len(shape), *shape)
+    header["vox_offset"] = header.single_vox_offset
+    header.set_slope_inter(image.dataobj.slope, image.dataobj.inter)
+    stored = np.asanyarray(image.dataobj.get_unscaled()).astype(header.get_data_dtype())
+    data = stored.tobytes(order="F") if with_data else b""
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock)
+        stream.write(b"\0" * (header.single_vox_offset - len(header.binaryblock)))
+        stream.write(data)
+    return path
+
+
 def run_validator(dataset: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """Run the official BIDS validator (bids-validator-deno) on ``dataset``."""
     from bidsdeface.tools import which
@@ -101,6 +144,26 @@ def convert_dicom(series: Path, out: Path) -> Path:
         expect=[out / "scan.nii.gz"],
     )
     return out / "scan.nii.gz"
+
+
+# Display windows of the converted GE CT (level HU, width HU, top stored value, dtype); each clamps the
+# air and the tilt padding (-1500 HU) together at 0, the lowest stored value.
+CT_WINDOWS = {
+    "ctbrain": (40.0, 80.0, 255, np.uint8),  # brain window 0 to 80 HU: fat at 0 too, bone clamped at 255
+    "ctbone": (500.0, 2000.0, 255, np.uint8),  # bone window: soft tissue only 68 levels above the air
+    "ct4095": (1047.5, 4095.0, 4095, np.uint16),  # 12 bits, -1000 to 3095 HU: half of the air's noise at 0
+}
+
+
+def windowed_ct(source: Path, window: tuple[float, float, int, type]) -> nib.Nifti1Image:
+    """The CT at ``source`` (Hounsfield units) through a display ``window``, with no header scaling."""
+    level, width, top, dtype = window
+    image = nib.load(source)
+    hu = image.get_fdata(dtype=np.float32)
+    stored = np.clip(np.round((hu - (level - width / 2)) / width * top), 0, top).astype(dtype)
+    windowed = nib.Nifti1Image(stored, image.affine)
+    windowed.header.set_slope_inter(1.0, 0.0)
+    return windowed
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Planted in clock-time attributes that are shifted, not removed; shifts are whole days, so
+# the time is kept, and no marker (with its fraction) can be found inside it.
+KEPT_CLOCK_TIME = "120000"
 RUN_CLOCK_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
 
 
@@ -133,7 +136,7 @@ def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataset import Dataset
 
-    from bidsdeface.policy import IDENTIFYING_KEYS
+    from bidsdeface.policy import CLOCK_KEYS, IDENTIFYING_KEYS
 
     values: dict[int, tuple[str, object]] = {}
     for keyword in sorted(IDENTIFYING_KEYS):
@@ -146,6 +149,8 @@ def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
             item.CodeValue, item.CodingSchemeDesignator = "X1", "99LEAK"
             item.CodeMeaning = mark(f"DICOM {keyword} item")
             values[tag] = (vr, [item])
+        elif vr == "TM" and keyword in CLOCK_KEYS:
+            values[tag] = (vr, KEPT_CLOCK_TIME)  # dates move by whole days: times of day are kept
         elif vr in ("PN", "LO", "SH", "LT", "ST", "UT", "CS", "AE", "DA", "TM", "DT", "UI", "DS", "AS"):
             values[tag] = (vr, _dicom_value(vr, keyword, mark))
     folder = target / mark("DICOM folder name")

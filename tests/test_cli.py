@@ -68,6 +68,38 @@ def test_output_inside_input_refused(tmp_path: Path) -> None:
     assert tree_digest(bids) == before
 
 
+def _paths(root: Path) -> list[str]:
+    """Every file and folder below ``root`` (to prove nothing was created there)."""
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*"))
+
+
+def test_work_dir_inside_input_or_output_refused(tmp_path: Path) -> None:
+    """-w in (or at) BIDS_DIR or OUTPUT_DIR exits 64 before anything is written, also for a SLURM script."""
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    shutil.copytree(EXAMPLE, bids)
+    before, listed = tree_digest(bids), _paths(bids)
+    for work in (bids / "scratch", bids, bids / "sub-01" / "anat", out / "scratch", out):
+        assert main([str(bids), str(out), "participant", "--skip-bids-validation", "-w", str(work)]) == 64, work
+    slurm = ["--write-slurm-array", str(tmp_path / "hpc" / "deface.sbatch")]
+    assert main([str(bids), str(out), "participant", "-w", str(bids / "scratch"), *slurm]) == 64
+    assert tree_digest(bids) == before and _paths(bids) == listed
+    assert not out.exists() and not (tmp_path / "hpc").exists()
+
+
+@needs_shared
+def test_convert_work_dir_inside_its_folders_refused(tmp_path: Path) -> None:
+    from bidsdeface.cli import convert_main
+
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    source = sorted((SHARED / "dicom_mri_t1w_siemens_trio_mprage").glob("*.dcm"))[0]
+    shutil.copyfile(source, dicom / source.name)
+    bids = tmp_path / "bids"
+    for work in (dicom / "scratch", dicom, bids / "scratch"):
+        assert convert_main([str(dicom), str(bids), "--participant-label", "01", "-w", str(work)]) == 64, work
+    assert _paths(dicom) == [source.name] and not bids.exists()
+
+
 def test_unwritable_output(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

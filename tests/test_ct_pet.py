@@ -6,6 +6,8 @@ One participant run defaces:
 - ``ctoffset``: the same CT at half the in-plane resolution, stored as unsigned Hounsfield
   units + 1024 without header scaling;
 - ``scct``: the clinical CT template (rescaled intensities, partial face) as a scan;
+- ``ctbrain``, ``ctbone``, ``ct4095``: the converted CT through display windows (8-bit brain
+  and bone windows, a 12-bit window from -1000 HU), air and padding clamped together at 0;
 - ``pet3d``: the SPM PET template as a 3D PET (registered to the template brain);
 - ``petmr`` (session ``01``): a T1w (the SPM single-subject T1, MNI space) and a 4D PET:
   six frames built from the SPM PET template, each scaled differently, with noise, under
@@ -29,8 +31,19 @@ from scipy.spatial.transform import Rotation
 
 from bidsdeface.cli import main
 from bidsdeface.images import ct_intensities
+from bidsdeface.qc import LIMITS
 
-from .conftest import PARALLEL, SHARED, holes, make_dataset, needs_shared, run_validator, tree_digest
+from .conftest import (
+    CT_WINDOWS,
+    PARALLEL,
+    SHARED,
+    holes,
+    make_dataset,
+    needs_shared,
+    run_validator,
+    tree_digest,
+    windowed_ct,
+)
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -102,6 +115,7 @@ def ct_pet_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path
         "cttilt": converted_ct,
         "ctoffset": _offset_ct(converted_ct),
         "scct": SHARED / "templates/clinical_ct/scct.nii.gz",
+        **{label: windowed_ct(converted_ct, window) for label, window in CT_WINDOWS.items()},
     }
     make_dataset(bids, scans, "ct")
     shutil.copyfile(converted_ct.with_name("sub-ct_ct.json"), bids / "sub-cttilt/anat/sub-cttilt_ct.json")
@@ -141,7 +155,10 @@ CT_CASES = {
     "cttilt": ("HU", -1000.0),
     "ctoffset": ("HU+1024", 24.0),
     "scct": ("rescaled", None),
+    **dict.fromkeys(CT_WINDOWS, ("windowed", 0.0)),
 }
+INTENSITIES = {"HU": "Hounsfield units (", "HU+1024": "Hounsfield units + 1024", "rescaled": "rescaled",
+               "windowed": "windowed intensities, air clamped at the minimum"}  # fmt: skip
 
 
 @pytest.mark.parametrize("label", CT_CASES)
@@ -154,8 +171,7 @@ def test_ct_face_becomes_air_brain_untouched(ct_pet_run: dict, label: str) -> No
     assert found.storage == storage
     if expected_air is not None:
         assert abs(found.air - expected_air) <= CT_AIR_TOLERANCE
-    assert qc["Method"]["intensities"].startswith({"HU": "Hounsfield units (", "HU+1024": "Hounsfield units + 1024",
-                                                   "rescaled": "rescaled"}[storage])  # fmt: skip
+    assert qc["Method"]["intensities"].startswith(INTENSITIES[storage])
     # every removed voxel holds the scan's own air; every other voxel is bit-identical
     assert removed.sum() > 2000
     assert np.all(np.abs(out[removed] - found.air) <= CT_AIR_TOLERANCE)
@@ -165,6 +181,9 @@ def test_ct_face_becomes_air_brain_untouched(ct_pet_run: dict, label: str) -> No
     assert qc["Metrics"]["face_removed_fraction"] > 0.5
     assert np.sum(raw[removed] > found.head_threshold) > 2000
     assert qc["Status"] != "FAIL", qc["Reasons"]
+    assert qc["Metrics"]["face_check"] == "run"
+    after = qc["Metrics"]["face_score_after"]
+    assert after is None or after < LIMITS.face_score, f"a face is found after defacing ({after})"
 
 
 def test_tilted_ct_removal_is_in_front_and_below(ct_pet_run: dict) -> None:
@@ -252,7 +271,7 @@ def test_ct_brain_only_image_is_air_outside_the_mask(ct_pet_run: dict) -> None:
     assert np.array_equal(brain[mask], defaced[mask])
 
 
-@pytest.mark.parametrize("label", ["cttilt", "ctoffset"])
+@pytest.mark.parametrize("label", ["cttilt", "ctoffset", *CT_WINDOWS])
 def test_real_ct_brain_masks_are_whole(ct_pet_run: dict, label: str) -> None:
     anat = ct_pet_run["out"] / f"sub-{label}" / "anat"
     mask = np.asanyarray(nib.load(anat / f"sub-{label}_space-ct_desc-brain_mask.nii.gz").dataobj) > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import multiprocessing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,8 +14,11 @@ from bidsdeface.config import Config
 from bidsdeface.errors import PrivateStateError
 from bidsdeface.identity import (
     MIN_SHIFT_DAYS,
+    SECONDS_PER_DAY,
     SHIFT_SPAN_DAYS,
     SubjectIdentity,
+    _keyed_number,
+    keyed_identity,
     known_identity,
     private_folder,
     resolve_identity,
@@ -42,8 +47,33 @@ def test_offsets_land_every_recent_date_in_1925_or_earlier(tmp_path: Path) -> No
     assert len(set(offsets)) == 50
     for offset in offsets:
         assert offset is not None
-        assert timedelta(days=MIN_SHIFT_DAYS) <= -offset < timedelta(days=MIN_SHIFT_DAYS + SHIFT_SPAN_DAYS + 1)
+        assert timedelta(days=MIN_SHIFT_DAYS) <= -offset < timedelta(days=MIN_SHIFT_DAYS + SHIFT_SPAN_DAYS)
+        assert offset % timedelta(days=1) == timedelta(0)  # whole days: times of day are kept
         assert (datetime(2034, 12, 31, 23, 59, 59) + offset).year <= 1925
+
+
+def _older_offset(number: int) -> int:
+    """The offset older versions drew: the same days plus a time of day further back."""
+    days = MIN_SHIFT_DAYS + number % SHIFT_SPAN_DAYS
+    return -(days * SECONDS_PER_DAY + (number // SHIFT_SPAN_DAYS) % SECONDS_PER_DAY)
+
+
+def test_older_records_with_a_time_of_day_use_their_whole_days(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record written when offsets had seconds keeps working, with its days only, and says so."""
+    config = _config(tmp_path, date_shift_key="k", pseudonymize=True)
+    resolve_identity(config, "01", [])
+    path = private_folder(config) / "subjects" / "sub-01.json"
+    record = json.loads(path.read_text())
+    older = _older_offset(_keyed_number("k", "date-offset", "01"))
+    assert older % SECONDS_PER_DAY and older // SECONDS_PER_DAY != record["date_offset_seconds"] // SECONDS_PER_DAY
+    path.write_text(json.dumps({**record, "date_offset_seconds": older}))
+    with caplog.at_level(logging.WARNING):
+        identity = resolve_identity(config, "01", [])  # the same key is still recognised
+    assert identity.date_offset == timedelta(seconds=keyed_identity("k", "01")[0])
+    assert identity.date_offset == -timedelta(days=-older // SECONDS_PER_DAY)
+    assert "whole days" in caplog.text and "sub-01" not in caplog.text  # named by its pseudonym
 
 
 def test_random_offsets_are_recorded_and_reused(tmp_path: Path) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +21,7 @@ from bidsdeface.cli import main
 from bidsdeface.derivatives import write_json_atomic
 from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files
 
-from .conftest import HEADS, head_paths, needs_shared
+from .conftest import HEADS, NIFTI_HEADS, SHARED, head_paths, make_dataset, needs_shared, tree_digest
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -63,6 +68,7 @@ def _write_record(output_dir: Path, subject: str, status: str, reasons: list[str
     scan = f"sub-{subject}/anat/sub-{subject}_desc-defaced_T1w.nii.gz"
     record = {"Scan": scan, "Status": status, "Reasons": reasons, "Notes": [], "Metrics": {}, "Seconds": {}}
     write_json_atomic(output_dir / scan.replace(".nii.gz", "_qc.json"), record)
+    (output_dir / scan).write_bytes(b"")  # reports leave out records whose scan is not there
 
 
 def test_group_files_list_flagged_scans_first(tmp_path: Path) -> None:
@@ -164,3 +170,73 @@ def test_report_renders_in_a_headless_browser(heads_run: dict, tmp_path: Path) -
     assert dark.mean() > 0.15, f"only {dark.mean():.0%} of the screenshot is figure"
     rows_with_figure = np.nonzero(dark.mean(axis=1) > 0.3)[0]
     assert rows_with_figure.size > 300
+
+
+class _Targets(HTMLParser):
+    """Collects every href and src of a page, and its element ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.targets += [values[name] or "" for name in ("href", "src") if name in values]
+        if values.get("id"):
+            self.ids.add(values["id"] or "")
+
+
+def _targets(path: Path) -> _Targets:
+    page = _Targets()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def broken_links(output_dir: Path) -> list[str]:
+    """Every href and src, in every HTML page below ``output_dir``, whose file (or anchor) does not exist."""
+    broken = []
+    for page in sorted(output_dir.rglob("*.html")):
+        for target in _targets(page).targets:
+            name, _, anchor = target.partition("#")
+            linked = (page.parent / name) if name else page
+            if not linked.is_file() or (anchor and anchor not in _targets(linked).ids):
+                broken.append(f"{page.relative_to(output_dir)} -> {target}")
+    return broken
+
+
+def _everything(root: Path) -> tuple[dict[str, str], list[str]]:
+    return tree_digest(root), sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@needs_shared
+def test_reports_after_a_kill_link_only_files_that_exist(tmp_path: Path) -> None:
+    """SIGTERM after one subject is done; the next run, on another subject, repairs its report and links."""
+    flat = nib.Nifti1Image(np.ones((64, 64, 1), np.float32), np.eye(4))  # fails at once: not a head
+    head = SHARED / NIFTI_HEADS["ixi"]
+    bids = make_dataset(tmp_path / "bids", {"01": head, "02": head, "03": flat})
+    out, before = tmp_path / "out", _everything(bids)
+    command = [sys.executable, "-m", "bidsdeface.cli", str(bids), str(out), "participant", "--skip-bids-validation"]
+    process = subprocess.Popen([*command, "--participant-label", "01", "02"], stdout=subprocess.DEVNULL)
+    finished = out / "sub-01" / "anat" / "sub-01_desc-defaced_T1w.json"  # sub-01 done, sub-02 under way
+    deadline = time.monotonic() + 600
+    while not finished.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) != 0
+    assert finished.is_file() and not (out / "sub-01.html").exists()  # reports come at the end: none yet
+    other = [str(bids), str(out), "participant", "--skip-bids-validation", "--participant-label", "03"]
+    assert main(other) == 65  # sub-03 fails, and the run still rebuilds the reports
+    assert broken_links(out) == []
+    assert "sub-01.html#sub-01/anat/sub-01_desc-defaced_T1w.nii.gz" in _targets(out / GROUP_REPORT).targets
+
+    # What an interrupted commit or a cleanup can leave: a QC record without its scan, a figure gone.
+    record = json.loads((out / "sub-01" / "anat" / "sub-01_desc-defaced_T1w_qc.json").read_text())
+    orphan = json.loads(json.dumps(record).replace("sub-01", "sub-02"))
+    write_json_atomic(out / "sub-02" / "anat" / "sub-02_desc-defaced_T1w_qc.json", orphan)
+    (out / record["Figures"]["Render"]).unlink()
+    assert main(other) == 65
+    assert broken_links(out) == []
+    assert _targets(out / "sub-01.html").targets == [record["Figures"]["Mosaic"]]
+    assert "sub-02" not in (out / GROUP_REPORT).read_text() and "sub-02" not in (out / QC_TABLE).read_text()
+    assert _everything(bids) == before

@@ -13,20 +13,24 @@ import pytest
 
 from bidsdeface import policy
 from bidsdeface.errors import ScrubError
-from bidsdeface.policy import IDENTIFYING_KEYS, SitePolicy
+from bidsdeface.policy import IDENTIFYING_KEYS, NEUTRAL_DATASET_NAME, SITE_COLUMN_DESCRIPTION, SitePolicy
 from bidsdeface.scrub import (
     Table,
+    cell_problem,
     screen_text,
     scrub_column_descriptions,
+    scrub_dataset_description,
     scrub_nifti_header,
     scrub_sidecar,
     scrub_table,
     shift_clock_text,
+    text_problem,
 )
+from bidsdeface.standards import column_description
 
 from .conftest import SHARED, convert_dicom, run_validator, shared_file
 
-OFFSET = -timedelta(days=41234, seconds=5678)
+OFFSET = -timedelta(days=41234)  # offsets are whole days
 # What dcm2niix leaves in the sidecar even with -ba y (see the shared BIDS notes).
 DCM2NIIX_LEFTOVERS = (
     "InstitutionName",
@@ -93,14 +97,14 @@ def test_dcm2niix_clock_times_shift_by_the_offset(dcm2niix_sidecars: dict[str, d
         assert "AcquisitionTime" not in dropped and "AcquisitionTime" in report.removed
 
 
-def test_kept_free_text_is_screened_and_flagged(dcm2niix_sidecars: dict[str, dict]) -> None:
+def test_kept_free_text_failing_the_screen_is_dropped(dcm2niix_sidecars: dict[str, dict]) -> None:
     sidecar = dcm2niix_sidecars["dicom_mri_t1w_siemens_decubitus_HFS"]
     assert sidecar["ProcedureStepDescription"].count("^") == 1  # a DICOM person name, as sites type them
     site = SitePolicy(keep_sidecar_keys=("ProcedureStepDescription", "SeriesDescription"))
     clean, report = scrub_sidecar(sidecar, "mri", site, OFFSET)
-    assert clean["ProcedureStepDescription"] == sidecar["ProcedureStepDescription"]
-    assert report.flagged == {"ProcedureStepDescription": ("person name",)}
-    assert "SeriesDescription" not in report.flagged
+    assert "ProcedureStepDescription" not in clean
+    assert "ProcedureStepDescription" in report.dropped
+    assert clean["SeriesDescription"] == sidecar["SeriesDescription"]
 
 
 def test_site_policy_drops_allowed_keys(dcm2niix_sidecars: dict[str, dict]) -> None:
@@ -114,14 +118,14 @@ def test_unknown_and_nested_keys_are_removed() -> None:
     sidecar = {"EchoTime": 0.002, "SiteNotes": {"who": "Ann Smith"}, "Extra": ["x"], "RepetitionTime": 2.3}
     clean, report = scrub_sidecar(sidecar, "mri", SitePolicy(), OFFSET)
     assert clean == {"EchoTime": 0.002, "RepetitionTime": 2.3}
-    assert report.removed == ("SiteNotes", "Extra")
+    assert report.removed == () and report.unknown_removed == 2  # non-standard names are counted, never shown
 
 
 def test_fails_closed_when_an_identifying_key_would_survive(monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = {**policy.MODALITY_SIDECAR_KEYS, "mri": policy.MODALITY_SIDECAR_KEYS["mri"] | {"PatientName"}}
+    broken = {**policy.MODALITY_SIDECAR_KEYS, "mri": policy.MODALITY_SIDECAR_KEYS["mri"] | {"StationName"}}
     monkeypatch.setattr("bidsdeface.scrub.MODALITY_SIDECAR_KEYS", broken)
-    with pytest.raises(ScrubError, match="PatientName"):
-        scrub_sidecar({"PatientName": "Doe^John"}, "mri", SitePolicy(), OFFSET)
+    with pytest.raises(ScrubError, match="StationName"):
+        scrub_sidecar({"StationName": "MRC35011"}, "mri", SitePolicy(), OFFSET)
 
 
 def test_allow_lists_hold_no_identifying_key() -> None:
@@ -133,14 +137,14 @@ def test_allow_lists_hold_no_identifying_key() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("2024-03-15T14:22:07", "1911-04-24T12:47:29"),
-        ("2024-03-15T14:22:07.123456Z", "1911-04-24T12:47:29.123456Z"),
-        ("2024-03-15", "1911-04-23"),
-        ("14:22:07.5", "12:47:29.5"),
-        ("00:30:00", "22:55:22"),
-        ("20240315142207", "19110424124729"),
-        ("20240315", "19110423"),
-        ("142207", "124729"),
+        ("2024-03-15T14:22:07", "1911-04-24T14:22:07"),
+        ("2024-03-15T14:22:07.123456Z", "1911-04-24T14:22:07.123456Z"),
+        ("2024-03-15", "1911-04-24"),
+        ("14:22:07.5", "14:22:07.5"),
+        ("00:30:00", "00:30:00"),
+        ("20240315142207", "19110424142207"),
+        ("20240315", "19110424"),
+        ("142207", "142207"),
     ],
 )
 def test_clock_formats_are_kept(text: str, expected: str) -> None:
@@ -158,6 +162,20 @@ def test_dates_land_in_1925_or_earlier_and_keep_intervals_to_the_second() -> Non
     assert all(moment.year <= 1925 for moment in shifted)
     assert shifted[1] - shifted[0] == datetime.fromisoformat(second) - datetime.fromisoformat(first)
     assert shift_clock_text("2045-01-01", -timedelta(days=40177)) is None  # would land after 1925
+
+
+@pytest.mark.parametrize("clock", ["00:00:00", "00:30:00", "14:22:07.25", "23:59:59.999999"])
+def test_values_of_one_day_share_one_shifted_day(clock: str) -> None:
+    """A date and any date-time of that day land on one shifted day, at the same time of day."""
+    assert shift_clock_text("2024-03-15", OFFSET) == "1911-04-24"
+    assert shift_clock_text("20240315", OFFSET) == "19110424"
+    assert shift_clock_text(f"2024-03-15T{clock}", OFFSET) == f"1911-04-24T{clock}"
+    assert shift_clock_text(f"20240315{clock.replace(':', '')}", OFFSET) == f"19110424{clock.replace(':', '')}"
+
+
+def test_an_offset_with_a_part_of_a_day_is_refused() -> None:
+    with pytest.raises(ValueError, match="whole days"):
+        shift_clock_text("2024-03-15", -timedelta(days=40177, seconds=1))
 
 
 def test_screen_patterns() -> None:
@@ -187,6 +205,7 @@ def test_pet_sidecars_keep_required_fields_and_stay_valid(tmp_path: Path) -> Non
         clean, report = scrub_sidecar(sidecar, modality, SitePolicy(), OFFSET)
         if modality == "pet":
             assert "TimeZero" in report.shifted
+            assert report.dropped == {} and report.replaced == ()  # its free text is technical: all kept
             assert {k: v for k, v in clean.items() if k != "TimeZero"} == {
                 k: v for k, v in sidecar.items() if k != "TimeZero"
             }
@@ -198,10 +217,11 @@ def test_pet_sidecars_keep_required_fields_and_stay_valid(tmp_path: Path) -> Non
     participants = Table.parse((root / "participants.tsv").read_text())
     clean_table, report = scrub_table(participants, "participants", SitePolicy(), None, lambda label: label)
     assert clean_table.columns == ("participant_id", "age")
-    assert set(report.removed) == {"height", "weight", "gender"}
+    assert report.removed == () and report.unknown_removed == 3  # height, weight, gender: not BIDS columns
     (root / "participants.tsv").write_text(clean_table.to_text())
     descriptions = json.loads((root / "participants.json").read_text())
-    (root / "participants.json").write_text(json.dumps(scrub_column_descriptions(descriptions, clean_table.columns)))
+    described = scrub_column_descriptions(descriptions, clean_table.columns, SitePolicy())
+    (root / "participants.json").write_text(json.dumps(described))
     config = tmp_path / "validator.json"
     config.write_text(json.dumps({"ignore": [{"code": "EMPTY_FILE"}]}))  # the example's images are placeholders
     result = run_validator(root, "--ignoreNiftiHeaders", "--config", str(config))
@@ -230,8 +250,9 @@ def test_tables_generalise_ages_shift_times_and_drop_free_text() -> None:
     assert [row[0] for row in clean.rows] == ["anat/sub-1_T1w.nii.gz", "anat/sub-1_T2w.nii.gz"]
     times = [datetime.fromisoformat(row[1]) for row in clean.rows]
     assert times[1] - times[0] == timedelta(minutes=17, seconds=53)
-    assert report.removed == ("operator",) and report.shifted == ("acq_time",)
-    assert report.flagged == {"comments": ("record number",)}
+    assert report.removed == () and report.unknown_removed == 1 and report.shifted == ("acq_time",)
+    assert report.dropped == {"comments": "1 value(s) looks like a record number; n/a written"}
+    assert [row[2] for row in clean.rows] == ["n/a", "n/a"]
     dropped, report = scrub_table(scans, "scans", SitePolicy(), None, lambda f: f)
     assert dropped.columns == ("filename",) and "acq_time" in report.removed
     participants = Table(("participant_id", "age", "sex"), (("sub-1", "93.5", "F"), ("sub-2", "n/a", "M")))
@@ -250,3 +271,83 @@ def test_nifti_header_text_and_extensions_are_removed() -> None:
     written = image.to_bytes()
     for text in (b"Time=142207", b"Ann Smith", b"MRN4471923", b"Doe^John"):
         assert text not in written
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "leaves"),
+    [
+        ("SequenceName", "*tfl3d1_16ns", True),
+        ("SequenceName", "LEAK001Q John Smith", False),
+        ("ReceiveCoilName", "HeadNeck_20", True),
+        ("ReceiveCoilName", "Smith", False),
+        ("ReceiveCoilActiveElements", "HE1-4;NE1,2", True),
+        ("Manufacturer", "GE MEDICAL SYSTEMS", True),
+        ("Manufacturer", "Smith Imaging", False),
+        ("BodyPart", "HEAD", True),
+        ("BodyPart", "Brain", True),
+        ("BodyPart", "Jones", False),
+        ("PulseSequenceType", "Spoiled Gradient Echo", True),
+        ("CoilCombinationMethod", "Adaptive Combine", True),
+        ("AttenuationCorrection", "10-min transmission scan", True),
+        ("AttenuationCorrection", "done by Mary Jones", False),
+        ("TracerName", "[11C]PiB", True),
+        ("TracerName", "ann.smith@example.org", False),
+        ("ConversionSoftwareVersion", "v1.0.20260724", True),
+        ("ConversionSoftwareVersion", "Dr Smith's build", False),
+        ("ManufacturersModelName", "x" * 65, False),
+        ("ManufacturersModelName", "Skyra\nMRN 4471923", False),
+    ],
+)
+def test_free_text_in_allowed_keys_leaves_only_when_it_is_technical(key: str, text: str, leaves: bool) -> None:
+    assert (text_problem(key, text) is None) is leaves, text_problem(key, text)
+
+
+def test_cells_keep_bids_levels_and_screened_text_only() -> None:
+    assert cell_problem("sex", "female") is None and cell_problem("handedness", "Ambidextrous") is None
+    assert cell_problem("sex", "LEAK001Q") == "not in the BIDS levels"
+    assert cell_problem("strain_rrid", "RRID:IMSR_JAX:000664") is None
+    assert cell_problem("strain_rrid", "Smith mice") == "not of the BIDS format"
+    assert cell_problem("notes", "call 020 7946 0958") is not None
+    assert cell_problem("group", "n/a") is None
+
+
+def test_column_descriptions_keep_input_text_only_where_the_site_asks() -> None:
+    source = {
+        "sex": {"Levels": {"X": "Dr Smith's code"}, "Description": "self-reported"},
+        "iq": {"Description": "IQ test score", "Units": "points", "Note": "x"},
+        "pet": {"Description": "Mary Jones, MRN 4471923"},
+    }
+    described = scrub_column_descriptions(source, ("participant_id", "sex", "iq"), SitePolicy(keep_columns=("iq",)))
+    assert described["sex"] == column_description("sex")
+    assert described["iq"] == SITE_COLUMN_DESCRIPTION
+    site = SitePolicy(keep_columns=("iq", "pet"), keep_column_descriptions=("iq", "pet"))
+    described = scrub_column_descriptions(source, ("participant_id", "iq", "pet"), site)
+    assert described["iq"] == {"Description": "IQ test score", "Units": "points"}
+    assert described["pet"] == {}  # the only field failed the screen
+
+
+def test_dataset_description_fields_a_site_keeps_are_screened() -> None:
+    source = {
+        "Name": "Healthy ageing cohort",
+        "License": "CC-BY-4.0",
+        "Authors": ["Ann Lee", "ann.lee@example.org"],
+        "Acknowledgements": "We thank Dr Smith of St Mary's",
+        "Funding": ["Grant 12345", "call 020 7946 0958"],
+        "DatasetDOI": "doi:10.18112/openneuro.ds000001.v1.0.0",
+    }
+    carried, report = scrub_dataset_description(source, SitePolicy())
+    assert carried == {"Name": NEUTRAL_DATASET_NAME, "License": "CC-BY-4.0", "Authors": ["Ann Lee"]}
+    assert set(report.removed) == {"Name", "Acknowledgements", "Funding", "DatasetDOI"}
+    site = SitePolicy(keep_dataset_fields=("Name", "Acknowledgements", "Funding", "DatasetDOI"))
+    carried, report = scrub_dataset_description(source, site)
+    assert carried["Name"] == "Healthy ageing cohort" and carried["Funding"] == ["Grant 12345"]
+    assert "Acknowledgements" not in carried and set(report.dropped) == {"Authors", "Acknowledgements", "Funding"}
+    assert carried["DatasetDOI"] == source["DatasetDOI"]
+
+
+def test_policy_files_take_the_new_fields(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"keep_dataset_fields": ["Funding"], "keep_column_descriptions": ["iq"]}))
+    site = policy.read_policy_file(path)
+    assert site.keep_dataset_fields == ("Funding",) and site.keep_column_descriptions == ("iq",)
+    assert site.merged(SitePolicy(keep_columns=("iq",))).keep_columns == ("iq",)
