@@ -25,7 +25,7 @@ MIN_NEIGHBOUR_CORRELATION = 0.5
 # Header bounds, checked before any voxel is read or any grid is allocated, so that no
 # header can make memory or time grow without bound. Every real head scan is well inside.
 MAX_GRID_VOXELS = 2**27  # one volume: 512**3, a 0.5 mm head over 256 mm
-MAX_VOXELS = 2**29  # all volumes: 2 GiB once made float32 (a 40-frame 256x256x207 dynamic PET)
+MAX_VOXELS = 2**29  # all volumes: 2 GiB once made float32 (39 frames of an HRRT PET, 256x256x207)
 MAX_DATA_BYTES = 2**31  # the stored array dataobj would read
 MIN_VOXEL_MM = 0.05  # finer than any in-vivo or ex-vivo head scan
 MAX_VOXEL_MM = 20.0  # twice the thickest clinical slices (10 mm)

@@ -247,14 +247,31 @@ def refresh_subject_report(output_dir: Path, label: str) -> bool:
     leaves a subject whose finished scans no report shows; this repairs it.
     """
     path = output_dir / f"sub-{label}.html"
-    page = subject_report(output_dir, label)
     try:
-        if path.read_bytes() == page:
-            return False
+        if path.stat().st_mtime_ns > _newest_change(output_dir / f"sub-{label}"):
+            return False  # nothing of the subject changed since: skip the rendering (1,000-subject runs)
+        current = path.read_bytes()
     except OSError:
-        pass
+        current = b""
+    page = subject_report(output_dir, label)
+    if current == page:
+        return False
     write_bytes_atomic(path, page)
     return True
+
+
+def _newest_change(folder: Path) -> int:
+    """Return the latest modification time (ns) of ``folder`` and everything below it.
+
+    A removed file changes its folder's time, so removals count as changes too.
+    """
+    newest = 0
+    for entry in (folder, *folder.rglob("*")):
+        try:
+            newest = max(newest, entry.stat().st_mtime_ns)
+        except OSError:
+            continue
+    return newest
 
 
 def _reported_scans(output_dir: Path, records: list[dict[str, Any]]) -> frozenset[str]:
