@@ -351,3 +351,14 @@ def test_policy_files_take_the_new_fields(tmp_path: Path) -> None:
     site = policy.read_policy_file(path)
     assert site.keep_dataset_fields == ("Funding",) and site.keep_column_descriptions == ("iq",)
     assert site.merged(SitePolicy(keep_columns=("iq",))).keep_columns == ("iq",)
+
+
+def test_pet_date_keys_holding_lists_or_objects_are_dropped(tmp_path: Path) -> None:
+    sidecar = json.loads(next(_pet002(tmp_path).glob("sub-01/ses-baseline/pet/*.json")).read_text())
+    sidecar.update({"InjectionStart": ["2024-03-15T10:00:00", 0], "ScanStart": {"at": "10:05:00"}})
+    sidecar["TimeZero"] = ["10:33:47"]
+    clean, report = scrub_sidecar(sidecar, "pet", SitePolicy(), OFFSET)
+    assert "InjectionStart" not in clean and "ScanStart" not in clean
+    assert {"InjectionStart", "ScanStart"} <= set(report.dropped)
+    assert clean["TimeZero"] == "00:00:00" and "TimeZero" in report.replaced  # required: a placeholder
+    assert "2024-03-15" not in json.dumps(clean) and "10:05:00" not in json.dumps(clean)
