@@ -43,9 +43,11 @@ from .policy import (
     listed_name,
 )
 from .standards import (
+    anatomic_regions,
     column_definition,
     column_description,
     column_levels,
+    fits_definition,
     is_standard_name,
     is_technical_word,
     standard_fit,
@@ -262,16 +264,18 @@ def text_problem(key: str, text: str) -> str | None:
         if not text:
             return None
     problem = _vocabulary_problem(key, text)
-    if problem is None and len(text) > MAX_TEXT_CHARS:
-        problem = f"longer than {MAX_TEXT_CHARS} characters"
-    if problem is None and re.fullmatch(TECHNICAL_TEXT, text) is None:
-        problem = "has characters technical text does not use"
+    if problem is not None:
+        return problem
+    if len(text) > MAX_TEXT_CHARS:
+        return f"longer than {MAX_TEXT_CHARS} characters"
+    if re.fullmatch(TECHNICAL_TEXT, text) is None:
+        return "has characters technical text does not use"
     kinds = [kind for kind in screen_text(text) if kind != "person name"]
-    if problem is None and kinds:
-        problem = f"looks like a {' / '.join(kinds)}"
-    if problem is None and key not in VENDOR_KEYS and not _technical_words(text):
-        problem = "has a word that is not technical (a name?)"
-    return problem
+    if kinds:
+        return f"looks like a {' / '.join(kinds)}"
+    if key not in VENDOR_KEYS and not _technical_words(text):
+        return "has a word that is not technical (a name?)"
+    return None
 
 
 def _vocabulary_problem(key: str, text: str) -> str | None:
@@ -300,18 +304,6 @@ def _technical_words(text: str) -> bool:
             if not is_technical_word(token):
                 return False
     return True
-
-
-def anatomic_regions() -> frozenset[str]:
-    """Return DICOM CID 4030 (CT, MR and PET Anatomy Imaged) as upper-case letters and digits.
-
-    >>> {"HEAD", "BRAIN", "HEADNECK"} <= anatomic_regions()
-    True
-    """
-    from pydicom.sr.codedict import codes
-
-    names = {re.sub(r"[^A-Z0-9]", "", name.upper()) for name in codes.cid4030.dir()}
-    return frozenset(names | {name.replace("AND", "") for name in names})
 
 
 def _texts(value: Any) -> list[str]:
@@ -511,15 +503,9 @@ def cell_problem(column: str, value: str) -> str | None:
         return None if value in levels else "not in the BIDS levels"
     definition = column_definition(column)
     if definition is not None and ("pattern" in definition or "format" in definition):
-        return None if standard_fit_column(definition, value) else "not of the BIDS format"
+        form = {key: definition[key] for key in ("type", "pattern", "format") if key in definition}
+        return None if fits_definition(value, form) else "not of the BIDS format"
     return text_problem(column, value)
-
-
-def standard_fit_column(definition: dict[str, Any], value: str) -> bool:
-    """Return whether a TSV cell fits a column's BIDS pattern or format."""
-    from .standards import fits_definition
-
-    return fits_definition(value, {key: definition[key] for key in ("type", "pattern", "format") if key in definition})
 
 
 def scrub_table(
@@ -561,7 +547,7 @@ def scrub_table(
             cleaned = (_clean_cell(table.columns[i], row[i], id_column, label, date_offset, changes) for i in kept)
             rows.append(tuple(cleaned))
     removed = [name for index, name in enumerate(table.columns) if index not in kept]
-    shown, unknown = split_names(removed, own=tuple(TABLE_COLUMNS[kind]))
+    shown, unknown = split_names(removed)
     report = ScrubReport(
         shown,
         unknown,

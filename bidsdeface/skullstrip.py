@@ -37,7 +37,16 @@ from . import __version__
 from .config import Config
 from .deface import ScanMasks, dilate_mm, rebuild_like, stored_value
 from .errors import BidsDefaceError
-from .images import CtIntensities, Scan, block_expanded, block_factors, block_mean, level_density
+from .images import (
+    HU_AIR,
+    HU_SOFT_TISSUE,
+    CtIntensities,
+    Scan,
+    block_expanded,
+    block_factors,
+    block_mean,
+    level_density,
+)
 from .register import MASK_RESOLUTION_MM, RAS_TO_LPS, Registration, to_ants, warp_template_masks
 from .templates import Template
 
@@ -61,9 +70,7 @@ HISTOGRAM_SMOOTHING_BINS = 1.5
 CT_BRAIN_WINDOW_HU = (-15.0, 100.0)
 CT_SEARCH_MARGIN_MM = 10.0
 CT_OPENING_MM = 3.0
-HU_SOFT_TISSUE_ABOVE_AIR = 1040.0
-HU_AIR = -1000.0
-HU_SOFT_TISSUE = HU_AIR + HU_SOFT_TISSUE_ABOVE_AIR
+HU_SOFT_TISSUE_ABOVE_AIR = HU_SOFT_TISSUE - HU_AIR
 HU_BRAIN_PEAK_WIDTH = 20.0  # grey and white matter peak, full width at half maximum (the GE head CT's)
 PEAK_SMOOTHING = (0.25, 0.5, 0.25)
 PEAK_SMOOTHING_FWHM = 2.355 * 0.5**0.5  # the kernel's own width, in levels

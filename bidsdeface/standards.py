@@ -219,6 +219,19 @@ def column_description(name: str) -> dict[str, Any] | None:
     return {"LongName": definition["display_name"], "Description": " ".join(first_paragraph.split())}
 
 
+@lru_cache(maxsize=1)
+def anatomic_regions() -> frozenset[str]:
+    """Return DICOM CID 4030 (CT, MR and PET Anatomy Imaged) as upper-case letters and digits.
+
+    >>> {"HEAD", "BRAIN", "HEADNECK"} <= anatomic_regions()
+    True
+    """
+    from pydicom.sr.codedict import codes
+
+    names = {re.sub(r"[^A-Z0-9]", "", name.upper()) for name in codes.cid4030.dir()}
+    return frozenset(names | {name.replace("AND", "") for name in names})
+
+
 def _words(text: str) -> set[str]:
     return {word.lower() for word in re.findall(r"[A-Za-z]+", text)}
 
