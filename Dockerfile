@@ -34,6 +34,7 @@ WORKDIR /opt/bidsdeface/src
 COPY constraints.txt pyproject.toml README.md LICENSE ./
 COPY bidsdeface ./bidsdeface
 COPY templates ./templates
+COPY models ./models
 COPY examples ./examples
 
 RUN python -m venv "$VIRTUAL_ENV" \

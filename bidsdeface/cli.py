@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
-            "select no scans; 64 usage error; 65 some scans failed (the others were written); 66 no "
+            "select no scans; 64 usage error; 65 some scans failed or failed QC (those have no image in "
+            "OUTPUT_DIR; the others were written); 66 no "
             "usable input; 70 internal error; 73 cannot write the output; 143 stopped by SIGTERM (finished scans "
             "are kept, partial ones removed: run again to complete). "
             "Examples: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02; "
@@ -194,9 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=METHODS,
         default="zero",
-        help="zero: set facial voxels to background; blur: pixelate, smooth and add noise",
+        help="zero: set facial voxels to background; blur: replace the face by smooth, noisy tissue under a "
+        "smoothed, sunken surface (no facial shape is left)",
     )
-    parser.add_argument("--remove-ears", action="store_true", help="also remove the outer ears")
+    parser.add_argument(
+        "--remove-ears",
+        action="store_true",
+        help="also remove the outer ears: the template's ear region and the pinnae found on the scan, also where the "
+        "field of view cuts through them (QC then checks that no ear tissue is left)",
+    )
     parser.add_argument(
         "--brain-margin",
         type=_non_negative_float,
@@ -241,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not run the BIDS validator on the input",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo scans that are already finished")
+    parser.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="a scan whose QC verdict is FAIL never has an image in OUTPUT_DIR (only its QC record and "
+        "figures, for review); with this flag its defaced image, mask and brain outputs are written to "
+        "failed/ in the private folder (see --private-dir), at the same relative path, instead of nowhere",
+    )
     _add_scrub_options(parser, pseudonymize=True)
     hpc = parser.add_argument_group(
         "clusters (SLURM)",
@@ -357,6 +371,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         overwrite=args.overwrite,
         pseudonymize=args.pseudonymize,
+        keep_failed=args.keep_failed,
         container_image=os.environ.get(CONTAINER_IMAGE_ENV) or None,
         **_scrub_settings(args),
     )

@@ -45,7 +45,7 @@ class Config:
     suffixes : tuple of str
         BIDS suffixes to deface (``T1w``, ``T2w``...).
     method : str
-        ``zero`` (set to background) or ``blur`` (smooth + noise).
+        ``zero`` (set to background) or ``blur`` (smooth tissue under a smoothed, sunken surface).
     remove_ears : bool
         Also remove the outer ears.
     brain_margin_mm : float
@@ -76,6 +76,12 @@ class Config:
     private_dir : Path or None
         Where offsets and pseudonyms are kept (never inside the output); beside
         the output when None.
+    keep_failed : bool
+        Write the images of a scan whose QC verdict is FAIL (defaced image, mask,
+        brain outputs, sidecars) into ``failed/`` in the private folder, at the
+        path they would have had in the output. Without it they are not written
+        at all. Either way no image of such a scan goes into the output; its QC
+        record and figures do.
     container_image : str or None
         The docker image this run is in (from ``$BIDSDEFACE_CONTAINER_IMAGE``, set by
         the image), recorded in ``GeneratedBy``.
@@ -105,6 +111,7 @@ class Config:
     date_shift_key: str | None = field(default=None, repr=False)
     pseudonymize: bool = False
     private_dir: Path | None = None
+    keep_failed: bool = False
     container_image: str | None = None
 
     def __post_init__(self) -> None:

@@ -45,6 +45,16 @@ BIDSIGNORE_LINES: tuple[str, ...] = (
     "*_ct.nii",
     "*_ct.json",
 )
+# --keep-failed: the images of scans that failed QC go here, inside the private folder
+FAILED_FOLDER = "failed"
+FAILED_README = """This folder holds the images of scans that FAILED bidsdeface's QC. Keep it private.
+
+Each file has the path it would have had in the output dataset: defaced image,
+defacing mask, brain outputs (--skull-strip) and their sidecars. Defacing did not
+meet the QC limits, so a face may still be recognisable in these images. They are
+not in the output dataset; its QC record and figures are (sub-<label>.html).
+Never share this folder. Fix the scan (or accept it after review) and run again.
+"""
 
 
 def _dcm_code(value: str, meaning: str) -> dict[str, str]:
@@ -211,6 +221,7 @@ class StagedFiles:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
+        self._removals: list[Path] = []
 
     def path(self, final: Path) -> Path:
         """Return a new temporary path that :meth:`commit` renames to ``final``.
@@ -242,22 +253,33 @@ class StagedFiles:
         """Stage a NIfTI image."""
         nib.save(image, self.path(final))
 
+    def remove(self, final: Path) -> None:
+        """Have :meth:`commit` delete ``final`` (if it exists) before it renames the staged files.
+
+        For files of an earlier run that this one replaces by nothing: a run killed
+        during the commit leaves the old files gone rather than beside the new ones.
+        """
+        self._removals.append(final)
+
     def commit(self) -> None:
-        """Flush every staged file to disk, then rename them into place in order."""
+        """Flush every staged file to disk, delete the files to remove, then rename the staged ones in order."""
         for temp, _ in self._pending:
             with open(temp, "rb+") as stream:
                 os.fsync(stream.fileno())
             os.chmod(temp, 0o644)
+        while self._removals:
+            self._removals.pop(0).unlink(missing_ok=True)
         while self._pending:
             temp, final = self._pending[0]
             os.replace(temp, final)
             self._pending.pop(0)
 
     def discard(self) -> None:
-        """Delete the temporaries not yet committed."""
+        """Delete the temporaries not yet committed (and forget the files to remove)."""
         for temp, _ in self._pending:
             temp.unlink(missing_ok=True)
         self._pending.clear()
+        self._removals.clear()
 
 
 @contextlib.contextmanager
@@ -298,6 +320,18 @@ def write_nifti_atomic(path: Path, image: nib.Nifti1Image) -> None:
     """Save a NIfTI image atomically (gzip header without name or time)."""
     with staged_files() as staged:
         staged.write_nifti(path, image)
+
+
+def prepare_failed_folder(private: Path) -> Path:
+    """Create ``<private>/failed/`` with its README (see :data:`FAILED_README`); return it.
+
+    Concurrent runs write identical bytes atomically, so none sees a partial README.
+    """
+    folder = private / FAILED_FOLDER
+    readme = folder / "README.txt"
+    if not readme.is_file() or readme.read_text() != FAILED_README:
+        write_bytes_atomic(readme, FAILED_README.encode())
+    return folder
 
 
 def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:

@@ -179,9 +179,7 @@ def check_header(image: nib.Nifti1Image, path: Path | str) -> None:
     check_grid(shape[:3], image.affine, tuple(float(z) for z in image.header.get_zooms()[:3]), path)
 
 
-def check_grid(
-    shape: tuple[int, ...], affine: np.ndarray | None, zooms: tuple[float, ...], path: Path | str
-) -> None:
+def check_grid(shape: tuple[int, ...], affine: np.ndarray | None, zooms: tuple[float, ...], path: Path | str) -> None:
     """Refuse a voxel-to-world affine that is not finite, degenerate, sheared, or too large a field of view.
 
     ``zooms`` are the header's voxel sizes (later stages scale by them), checked as the affine's are.

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ import numpy as np
 
 from . import __version__
 from .config import Config
-from .deface import deface_image, real_values, stored_data
+from .deface import DefaceResult, deface_image, real_values, stored_data
 from .derivatives import (
+    FAILED_FOLDER,
     StagedFiles,
     brain_mask_name,
     defaced_name,
@@ -31,6 +32,7 @@ from .derivatives import (
     figure_name,
     mask_name,
     output_lock,
+    prepare_failed_folder,
     remove_stale_temporaries,
     staged_files,
     write_dataset_files,
@@ -95,7 +97,8 @@ class ScanOutcome:
         The scan's path relative to the dataset root, with output (possibly
         pseudonymised) labels: safe to log and report.
     status : str
-        ``done``, ``skipped`` (already finished) or ``failed``.
+        ``done``, ``skipped`` (already finished), ``failed``, or ``withheld``
+        (processed, but its QC verdict is FAIL: no image of it in the output).
     message : str
         One line: the error for failures.
     metrics : dict
@@ -107,6 +110,9 @@ class ScanOutcome:
         ``PASS``, ``WARN`` or ``FAIL`` for written scans; empty otherwise.
     qc_reasons : tuple of str
         Why the scan is not PASS.
+    kept : str
+        For a withheld scan with ``--keep-failed``: where its defaced image was
+        written in the private folder (for the log only); empty otherwise.
     """
 
     relpath: str
@@ -116,6 +122,7 @@ class ScanOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     qc_status: str = ""
     qc_reasons: tuple[str, ...] = ()
+    kept: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,9 +185,46 @@ class OutputPaths:
         )
 
     def complete(self) -> bool:
-        """Return whether every output exists (a finished scan)."""
+        """Return whether every output exists (a finished scan).
+
+        A scan that failed QC is never complete (its sidecar is not in the output),
+        so every run processes it again.
+        """
         brain = self.brain.files() if self.brain is not None and self.skull_stripped else ()
         return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar, self.qc, *brain))
+
+    def image_files(self) -> tuple[Path, ...]:
+        """Return the images and their sidecars, completion marker first (not the QC record or figures)."""
+        brain = self.brain
+        extra = () if brain is None else (brain.sidecar, brain.image, brain.mask_sidecar, brain.mask)
+        return (self.sidecar, self.image, self.mask_sidecar, self.mask, *extra)
+
+    def relocated(self, output_dir: Path, root: Path) -> OutputPaths:
+        """Return these paths with the images and sidecars moved from ``output_dir`` to the same place below ``root``.
+
+        The QC record and figures stay where they are.
+        """
+
+        def moved(path: Path) -> Path:
+            return root / path.relative_to(output_dir)
+
+        brain = self.brain
+        if brain is not None:
+            brain = replace(
+                brain,
+                image=moved(brain.image),
+                sidecar=moved(brain.sidecar),
+                mask=moved(brain.mask),
+                mask_sidecar=moved(brain.mask_sidecar),
+            )
+        return replace(
+            self,
+            image=moved(self.image),
+            sidecar=moved(self.sidecar),
+            mask=moved(self.mask),
+            mask_sidecar=moved(self.mask_sidecar),
+            brain=brain,
+        )
 
     def stale_brain_files(self) -> list[Path]:
         """Skull-strip outputs of an earlier run that this run does not write (removed when it redoes the scan)."""
@@ -318,6 +362,7 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                     registration,
                     threshold,
                     brain=None if brain is None else brain.mask,
+                    remove_ears=config.remove_ears,
                 )
         method_record = {
             "registration_path": _registration_path(registration, job, identity),
@@ -326,6 +371,8 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
             **_skull_strip_record(config, brain),
         }
+        withheld = quality.verdict.status == "FAIL"
+        destination = _image_destination(config, outputs, withheld)
         with staged_files() as staged:
             with timer.stage("write"):
                 modality = scrub_modality(job.suffix, job.datatype)
@@ -333,56 +380,33 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
                     metadata, modality, config.scrub_policy, identity.date_offset
                 )
                 header_report = scrub_nifti_header(result.image)
-                mask = _mask_image(result.removed, scan.image)
-                scrub_nifti_header(mask)
                 sources = [f"bids:raw:{shown}"]
                 methods, codes = deidentification(config, identity.date_offset is not None)
-                staged.write_nifti(outputs.mask, mask)
-                staged.write_json(
-                    outputs.mask_sidecar,
-                    {
-                        "Description": "Voxels replaced by defacing (1) in the source scan's grid",
-                        "SkullStripped": False,
-                        "Sources": sources,
-                        "Type": "Deface",
-                    },
-                )
-                staged.write_nifti(outputs.image, result.image)
+                provenance = {"DeidentificationMethod": methods, "DeidentificationMethodCodeSequence": codes}
                 staged.write_bytes(outputs.mosaic, quality.figures.mosaic)
                 staged.write_bytes(outputs.render, quality.figures.render)
-                if brain is not None and outputs.brain is not None:
-                    _stage_brain_outputs(
-                        staged,
-                        outputs.brain,
-                        outputs.image,
-                        brain,
-                        result.image,
-                        scan.image,
-                        0.0 if ct is None else ct.air,
-                        {
-                            **clean_metadata,
-                            "DeidentificationMethod": methods,
-                            "DeidentificationMethodCodeSequence": codes,
-                        },
-                        sources,
-                        quality,
-                        config.output_dir,
-                    )
+                if brain is not None and outputs.brain is not None and quality.figures.brain is not None:
+                    staged.write_bytes(outputs.brain.figure, quality.figures.brain)
+                if destination is not None:
+                    background = 0.0 if ct is None else ct.air
+                    image_metadata = {**clean_metadata, **provenance}
+                    _stage_images(staged, destination, result, scan.image, brain, background, image_metadata, sources)
             # The QC record carries every stage's time; the sidecar, renamed into place last, marks the scan finished.
-            staged.write_json(outputs.qc, qc_record(config.output_dir, outputs, quality, method_record, timer.seconds))
-            staged.write_json(
-                outputs.sidecar,
-                {
-                    **clean_metadata,
-                    "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
-                    "SkullStripped": False,
-                    "Sources": sources,
-                    "DeidentificationMethod": methods,
-                    "DeidentificationMethodCodeSequence": codes,
-                },
-            )
-        for stale in outputs.stale_brain_files():
-            stale.unlink(missing_ok=True)
+            record = qc_record(config.output_dir, outputs, quality, method_record, timer.seconds, withheld)
+            staged.write_json(outputs.qc, record)
+            if destination is not None:
+                staged.write_json(
+                    destination[0].sidecar,
+                    {
+                        **clean_metadata,
+                        "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
+                        "SkullStripped": False,
+                        "Sources": sources,
+                        **provenance,
+                    },
+                )
+            for stale in _superseded(config, outputs, withheld):
+                staged.remove(stale)
     except BidsDefaceError as exc:
         message = _hide_input_names(" ".join(str(exc).split()), job, identity, shown)
         return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
@@ -401,7 +425,73 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
             }
         },
     }
-    return ScanOutcome(shown, "done", "", metrics, timer.seconds, quality.verdict.status, quality.verdict.reasons)
+    kept = "" if destination is None or not withheld else str(destination[0].image)
+    status = "withheld" if withheld else "done"
+    return ScanOutcome(shown, status, "", metrics, timer.seconds, quality.verdict.status, quality.verdict.reasons, kept)
+
+
+def _image_destination(config: Config, outputs: OutputPaths, withheld: bool) -> tuple[OutputPaths, Path] | None:
+    """Return where the scan's images go and the root of that tree, or None when they are not written.
+
+    A scan that passed (or only warned) goes into the output. A scan that failed QC
+    goes into ``failed/`` in the private folder with ``--keep-failed``, else nowhere.
+    """
+    if not withheld:
+        return outputs, config.output_dir
+    if not config.keep_failed:
+        return None
+    root = prepare_failed_folder(private_folder(config))
+    return outputs.relocated(config.output_dir, root), root
+
+
+def _superseded(config: Config, outputs: OutputPaths, withheld: bool) -> list[Path]:
+    """Return the files of earlier runs of this scan that this run replaces by nothing.
+
+    Skull-strip outputs this run does not write; for a scan that failed QC every
+    image of it in the output (an earlier run may have written one); for a scan
+    written now, the copy an earlier ``--keep-failed`` run kept in the private folder.
+    Completion markers (sidecars) come first.
+    """
+    if withheld:
+        stale = list(outputs.image_files())
+    else:
+        stale = list(outputs.relocated(config.output_dir, private_folder(config) / FAILED_FOLDER).image_files())
+    stale += outputs.stale_brain_files()
+    return [path for path in dict.fromkeys(stale) if path.is_file()]
+
+
+def _stage_images(
+    staged: StagedFiles,
+    destination: tuple[OutputPaths, Path],
+    result: DefaceResult,
+    source: nib.Nifti1Image,
+    brain: BrainExtraction | None,
+    background: float,
+    image_metadata: dict[str, Any],
+    sources: list[str],
+) -> None:
+    """Stage the defacing mask, the defaced image and the brain outputs in ``destination`` (paths, dataset root).
+
+    The image sidecar, which marks the scan finished, is staged by the caller after the QC record.
+    """
+    images, root = destination
+    mask = _mask_image(result.removed, source)
+    scrub_nifti_header(mask)
+    staged.write_nifti(images.mask, mask)
+    staged.write_json(
+        images.mask_sidecar,
+        {
+            "Description": "Voxels replaced by defacing (1) in the source scan's grid",
+            "SkullStripped": False,
+            "Sources": sources,
+            "Type": "Deface",
+        },
+    )
+    staged.write_nifti(images.image, result.image)
+    if brain is not None and images.brain is not None:
+        _stage_brain_outputs(
+            staged, images.brain, images.image, brain, result.image, source, background, image_metadata, sources, root
+        )
 
 
 def _skull_strip_record(config: Config, brain: BrainExtraction | None) -> dict[str, str]:
@@ -421,13 +511,16 @@ def _stage_brain_outputs(
     background: float,
     image_metadata: dict[str, Any],
     sources: list[str],
-    quality: ScanQc,
-    output_dir: Path,
+    root: Path,
 ) -> None:
-    """Stage the brain mask, the brain-only image (cut from the defaced one), their sidecars and the figure."""
+    """Stage the brain mask, the brain-only image (cut from the defaced one) and their sidecars.
+
+    ``root`` is the dataset the files go into (the output, or the private ``failed/``
+    folder); ``bids::`` references are relative to it. The figure is staged by the caller.
+    """
 
     def in_dataset(path: Path) -> str:
-        return f"bids::{path.relative_to(output_dir).as_posix()}"
+        return f"bids::{path.relative_to(root).as_posix()}"
 
     mask = _mask_image(brain.mask, source)
     scrub_nifti_header(mask)
@@ -446,8 +539,6 @@ def _stage_brain_outputs(
         },
     )
     staged.write_nifti(paths.image, brain_image)
-    if quality.figures.brain is not None:
-        staged.write_bytes(paths.figure, quality.figures.brain)
     staged.write_json(
         paths.sidecar,
         {
@@ -492,9 +583,19 @@ def _registration_path(registration: Registration, job: ScanJob, identity: Subje
 
 
 def qc_record(
-    output_dir: Path, outputs: OutputPaths, quality: ScanQc, method: dict[str, Any], seconds: dict[str, float]
+    output_dir: Path,
+    outputs: OutputPaths,
+    quality: ScanQc,
+    method: dict[str, Any],
+    seconds: dict[str, float],
+    withheld: bool = False,
 ) -> dict[str, Any]:
-    """Return the content of a scan's ``_qc.json`` (paths relative to the output folder)."""
+    """Return the content of a scan's ``_qc.json`` (paths relative to the output folder).
+
+    ``Scan`` names the defaced image's place in the output; ``ImageWithheld`` is true
+    when the scan failed QC and so no image of it was written there (the reports
+    still list it, for review).
+    """
 
     def relative(path: Path) -> str:
         return path.relative_to(output_dir).as_posix()
@@ -505,6 +606,7 @@ def qc_record(
     return {
         "Scan": relative(outputs.image),
         "Status": quality.verdict.status,
+        "ImageWithheld": withheld,
         "Reasons": list(quality.verdict.reasons),
         "Notes": list(quality.verdict.notes),
         "Metrics": quality.metrics,
@@ -542,13 +644,13 @@ def check_folders(config: Config) -> None:
                 raise UsageError(
                     f"{config.work_dir}: the scratch folder (-w) must be outside the {name}; choose another --work-dir"
                 )
-    if needs_private_folder(config):
+    if needs_private_folder(config) or config.keep_failed:
         private = private_folder(config).resolve()
         for folder, name in shared:
             if _within(private, folder):
                 raise UsageError(
-                    f"{private}: the private folder (date offsets, pseudonyms) must be outside the {name}; "
-                    "choose another --private-dir"
+                    f"{private}: the private folder (date offsets, pseudonyms, --keep-failed images) must be "
+                    f"outside the {name}; choose another --private-dir"
                 )
 
 
@@ -652,7 +754,8 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     Returns
     -------
     int
-        0 when every scan is done or skipped, 65 when any scan failed.
+        0 when every scan is done or skipped, 65 when any scan failed or failed QC
+        (a scan that failed QC counts as failed: none of its images is in the output).
     """
     if config.skull_strip and config.skull_strip_method == "deepbet" and not learned_method_available():
         raise UsageError("--skull-strip-method deepbet needs the optional extra: pip install 'bidsdeface[deepbet]'")
@@ -668,7 +771,7 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
         write_dataset_files(config.output_dir, carried, config.container_image)
         remove_stale_temporaries(config.output_dir, recursive=False)
     identities = _resolve_identities(config, jobs)
-    failed = 0
+    failed = withheld = 0
     with ExitStack() as subject_locks:
         for identity in sorted(identities.values(), key=lambda identity: identity.output_label):
             subject_locks.enter_context(output_lock(config.output_dir, f"sub-{identity.output_label}"))
@@ -677,7 +780,8 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
                 log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
         scrub_records: dict[str, dict[str, Any]] = {subject: {} for subject in subjects}
         for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
-            failed += outcome.status == "failed"
+            failed += outcome.status in ("failed", "withheld")
+            withheld += outcome.status == "withheld"
             progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
             if outcome.status == "failed":
                 log.error("%s: FAILED: %s", progress, outcome.message)
@@ -685,6 +789,7 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
                 log.info("%s: skipped, %s", progress, outcome.message)
             else:
                 _log_done(progress, outcome)
+            if outcome.status == "done":  # a withheld scan's sidecar is not in the output
                 scrub_records[job.subject].update(outcome.metrics["scrub"])
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -695,7 +800,8 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
                 write_scrub_record(config, identity, records)
                 write_subject_report(config.output_dir, identity.output_label)
     _write_dataset_summaries(config)
-    log.info("finished: %d done or skipped, %d failed", len(jobs) - failed, failed)
+    why = f" ({withheld} of them failed QC: image not written to the output)" if withheld else ""
+    log.info("finished: %d done or skipped, %d failed%s", len(jobs) - failed, failed, why)
     return EXIT_DATA if failed else EXIT_OK
 
 
@@ -782,6 +888,9 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
     if outcome.qc_status != "PASS":
         level = logging.ERROR if outcome.qc_status == "FAIL" else logging.WARNING
         log.log(level, "%s: QC %s: %s", progress, outcome.qc_status, "; ".join(outcome.qc_reasons))
+    if outcome.status == "withheld":
+        _log_withheld(progress, outcome)
+        return
     for name, record in m["scrub"].items():
         sidecar = record["Sidecar"]
         log.info(
@@ -793,6 +902,16 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
             len(sidecar.get("DatesShifted", [])),
             ", ".join(record["NiftiHeader"].get("Removed", [])) or "none",
         )
+
+
+def _log_withheld(progress: str, outcome: ScanOutcome) -> None:
+    """Say in one line that a scan failed QC, that its image is not in the output, and where it went."""
+    where = f"kept in the private folder: {outcome.kept}" if outcome.kept else "--keep-failed keeps it privately"
+    log.error(
+        "%s: failed QC: image not written to the output (QC record and figures are, for review); %s",
+        progress,
+        where,
+    )
 
 
 def run_group(config: Config) -> int:

@@ -3,11 +3,19 @@
 Recipe: a pose search at 4 mm tries ten starting rotations (the header's pose first);
 from each, a similarity transform is fitted on smoothed head masks (modality-free, wide
 capture range, centres of mass aligned), then a short affine on intensities with mutual
-information (MI). The header's pose and the best other pose are refined at 2 mm; another
-pose replaces the header's only when its MI is clearly higher (heads are blobs, so shape
-overlap alone cannot tell a head from the same head turned round). The reported score is
+information (MI). The header's pose, and the best other pose when its MI is higher, are
+refined at 2 mm; another pose replaces the header's only when its MI is then clearly higher
+(heads are blobs, so shape overlap alone cannot tell a head from the same head turned
+round). A scan that lacks much of the template's face is fitted once more with the face and
+ears left out of the metric, so that the missing tissue does not pull the template off the
+rest of the head (input defaced elsewhere); that fit is kept when the face is then clearly
+missing. The reported score is
 the Dice overlap of the warped template head with the scan's own head mask, inside the
-scan's field of view and the template's; scans scoring below the configured minimum fail.
+scan's field of view and the template's, where the template's face and ear regions (carried
+through the same transform) count only where the scan has head: defacing removes tissue there
+and never adds any, so a scan defaced elsewhere (face zeroed, or cut off by a plane) scores
+like a whole head, while tissue the template lacks still counts against a non-head. Scans
+scoring below the configured minimum fail.
 
 PET: a brain-only image is registered to the template's brain instead of its head, or
 rigidly to a same-session T1w whose template registration is then chained
@@ -28,7 +36,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from .config import Config
-from .deface import ScanMasks, dilate_mm
+from .deface import ScanMasks, dilate_mm, ear_tissue
 from .errors import RegistrationError
 from .images import (
     Scan,
@@ -47,6 +55,19 @@ log = logging.getLogger(__name__)
 WORK_RESOLUTION_MM = 2.0
 MASK_SMOOTHING_MM = 6.0
 OTHER_POSE_MARGIN = 0.40
+# The best other pose is refined when its MI at 4 mm beats the header pose's by this margin
+# (the choice between them is made at 2 mm, with OTHER_POSE_MARGIN). At 4 mm MI hardly tells
+# a defaced head's front from its back (the IXI head zeroed by bidsdeface, header turned
+# round: 1.18x the header pose's MI; cut by a plane: 1.28x); at 2 mm it does (1.66x, 1.88x).
+REFINE_OTHER_POSE_MARGIN = 0.0
+# A scan without its face: missing tissue pulls an intensity fit (the IXI head cut by a plane
+# was placed with its face region at 0.70 Dice from the whole head's; 0.86-0.94 when fitted
+# without the face). Whole heads lack 0.16-0.29 of the template head in its face and ear
+# regions after the fit (7 MRI heads), zeroed and plane-cut heads 0.40-0.96. Above
+# REFIT_FACE_MISSING the fit is redone without those regions, and kept when the scan then
+# lacks more than DEFACED_FACE_MISSING of them (0.72-0.99 on defaced heads).
+REFIT_FACE_MISSING = 0.30
+DEFACED_FACE_MISSING = 0.50
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
 REFINE_SAMPLES = 250_000
@@ -87,7 +108,10 @@ class Registration:
         ANTs transform files mapping scan points to template points (use with
         ``ants.apply_transforms(fixed=scan, moving=template, ...)``).
     score : float
-        Dice of warped template head and scan head (0..1).
+        Dice of warped template head and scan head (0..1), inside the scan's and the
+        template's fields of view; in the template's face and ear regions the template
+        counts only where the scan has head, so a missing face costs nothing (head
+        path). Over the brain for the ``brain`` and ``anatomical`` paths.
     start : str
         Name of the starting rotation that won.
     starts_tried : int
@@ -170,11 +194,16 @@ class _StartResult:
     transforms: tuple[str, ...]
     score: float
     mutual_information: float
+    face_missing: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Level:
-    """Scan and template at one resolution, with their head masks and derived images."""
+    """Scan and template at one resolution, with their head masks and derived images.
+
+    ``moving_forgiven`` is the template region where a missing scan head costs nothing in
+    the score (face and ears, as a float mask at this resolution), or None.
+    """
 
     fixed: ants.ANTsImage
     fixed_mask: np.ndarray
@@ -184,11 +213,19 @@ class _Level:
     moving_mask: np.ndarray
     moving_norm: ants.ANTsImage
     moving_blob: ants.ANTsImage
+    moving_forgiven: ants.ANTsImage | None = None
 
     @classmethod
     def build(
-        cls, scan: ants.ANTsImage, template: ants.ANTsImage, resolution: float, threshold: float | None, path: Path
+        cls,
+        scan: ants.ANTsImage,
+        template: ants.ANTsImage,
+        resolution: float,
+        threshold: float | None,
+        path: Path,
+        forgiven: ants.ANTsImage | None = None,
     ) -> _Level:
+        """Resample scan, template and ``forgiven`` (a template-space mask) to ``resolution`` mm."""
         zooms = (resolution,) * 3
         fixed = ants.resample_image(scan, zooms, use_voxels=False, interp_type=0)
         moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
@@ -204,6 +241,7 @@ class _Level:
             moving_mask,
             _normalised(moving, moving_mask),
             _smoothed_mask(moving, moving_mask),
+            None if forgiven is None else ants.resample_image_to_target(forgiven, moving, interp_type="linear"),
         )
 
     def near_head(self) -> np.ndarray:
@@ -219,13 +257,20 @@ class _Level:
         work_dir: Path,
         sampling: float = POSE_SEARCH_SAMPLING_RATE,
         near_head_only: bool = False,
+        without_forgiven: bool = False,
     ) -> _StartResult:
         """Affine mutual-information fit from ``initial``; scored by head overlap and MI.
 
         With ``near_head_only``, MI is sampled only in and around the scan's head, where
-        the information is (air is most of a large field of view).
+        the information is (air is most of a large field of view). With
+        ``without_forgiven``, the template's face and ears are left out of the metric: a
+        scan whose face is gone is fitted on the rest of its head, which the missing
+        tissue cannot pull.
         """
         started = time.perf_counter()
+        kept = None
+        if without_forgiven and self.moving_forgiven is not None:
+            kept = self.moving.new_image_like((self.moving_forgiven.numpy() <= 0.5).astype(np.float32))
         result = ants.registration(
             fixed=self.fixed_norm,
             moving=self.moving_norm,
@@ -238,26 +283,71 @@ class _Level:
             aff_smoothing_sigmas=tuple(s // 2 for s in shrink),
             aff_random_sampling_rate=sampling,
             mask=self.fixed.new_image_like(self.near_head().astype(np.float32)) if near_head_only else None,
+            moving_mask=kept,
         )
         transforms = tuple(result["fwdtransforms"])
-        mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
-        fov_image = self.moving.new_image_like(np.ones(self.moving.shape, np.float32))
-        warped_head = ants.apply_transforms(self.fixed, mask_image, list(transforms)).numpy() > 0.5
-        in_template = ants.apply_transforms(self.fixed, fov_image, list(transforms)).numpy() > 0.5
-        score = _dice(warped_head & in_template, self.fixed_mask & in_template)
+        score, face_missing = self.overlap(transforms)
         warped = ants.apply_transforms(self.fixed, self.moving_norm, list(transforms))
         head = self.fixed.new_image_like(self.fixed_mask.astype(np.float32))
         mutual_information = -float(
             ants.image_similarity(self.fixed_norm, warped, metric_type="MattesMutualInformation", fixed_mask=head)
         )
         log.debug(
-            "pose %s: head overlap %.3f, mutual information %.4f (%.1f s)",
+            "pose %s: head overlap %.3f, mutual information %.4f, face missing %.2f (%.1f s)",
             name,
             score,
             mutual_information,
+            face_missing,
             time.perf_counter() - started,
         )
-        return _StartResult(name, transforms, score, mutual_information)
+        return _StartResult(name, transforms, score, mutual_information, face_missing)
+
+    def overlap(self, transforms: tuple[str, ...]) -> tuple[float, float]:
+        """Return the head overlap score of ``transforms`` and the share of the face the scan lacks.
+
+        The score is the Dice overlap of the warped template head and the scan's head,
+        both inside the template's field of view (the scan's is the grid). In the warped
+        ``moving_forgiven`` region the template head counts only where the scan has head:
+        a face removed by any defacing method then costs nothing, while the cranium, neck
+        and back of the head must match, and scan tissue where the template has none
+        counts against the fit everywhere. The share is that of the template head in the
+        forgiven region that the scan lacks (0 without a forgiven region).
+        """
+        warp = list(transforms)
+        mask_image = self.moving.new_image_like(self.moving_mask.astype(np.float32))
+        fov_image = self.moving.new_image_like(np.ones(self.moving.shape, np.float32))
+        warped_head = ants.apply_transforms(self.fixed, mask_image, warp).numpy() > 0.5
+        in_template = ants.apply_transforms(self.fixed, fov_image, warp).numpy() > 0.5
+        if self.moving_forgiven is None:
+            return _dice(warped_head & in_template, self.fixed_mask & in_template), 0.0
+        forgiven = ants.apply_transforms(self.fixed, self.moving_forgiven, warp).numpy() > 0.5
+        face = warped_head & forgiven & in_template
+        missing = float((face & ~self.fixed_mask).sum()) / max(1, int(face.sum()))
+        warped_head &= ~forgiven | self.fixed_mask
+        return _dice(warped_head & in_template, self.fixed_mask & in_template), missing
+
+
+def _search_poses(coarse: _Level, work_dir: Path) -> list[_StartResult]:
+    """Fit every starting rotation at the coarse level: head shapes first, then a short MI fit."""
+    poses: list[_StartResult] = []
+    for name, angles in START_ROTATIONS:
+        init = _initial_transform(
+            coarse.fixed, coarse.fixed_mask, coarse.moving, coarse.moving_mask, angles, work_dir / f"{name}_init.mat"
+        )
+        shape_fit = ants.registration(
+            fixed=coarse.fixed_blob,
+            moving=coarse.moving_blob,
+            type_of_transform="Similarity",
+            initial_transform=[init],
+            outprefix=str(work_dir / f"{name}_sim_"),
+            aff_metric="meansquares",
+            aff_iterations=SHAPE_ITERATIONS,
+            aff_shrink_factors=SHAPE_SHRINK,
+            aff_smoothing_sigmas=tuple(f // 2 for f in SHAPE_SHRINK),
+            aff_random_sampling_rate=0.2,
+        )
+        poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), POSE_MI_ITERATIONS, work_dir))
+    return poses
 
 
 def _choose_start(results: list[_StartResult]) -> _StartResult:
@@ -275,6 +365,34 @@ def _choose_start(results: list[_StartResult]) -> _StartResult:
     explains_intensities_better = challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN)
     fits_shape_as_well = challenger.score >= upright.score
     return challenger if explains_intensities_better and fits_shape_as_well else upright
+
+
+def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartResult:
+    """Refine the header's pose, and the best other pose when its MI is higher, at the fine level; choose.
+
+    A scan that then lacks much of the template's face and ears is fitted again without
+    them (see REFIT_FACE_MISSING).
+    """
+    upright = poses[0]
+    challenger = max(poses[1:], key=lambda r: r.mutual_information)
+    contenders = [upright]
+    if challenger.mutual_information > upright.mutual_information * (1.0 + REFINE_OTHER_POSE_MARGIN):
+        contenders.append(challenger)
+    # A fixed number of MI samples keeps refinement steady (too few make a flat cost
+    # function wander) and its cost independent of the field of view.
+    sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
+    refined = [
+        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, sampling, True)
+        for r in contenders
+    ]
+    chosen = _choose_start(refined)
+    if chosen.face_missing <= REFIT_FACE_MISSING:
+        return chosen
+    start = chosen.name.removesuffix("_refined")
+    faceless = fine.fit(
+        f"{start}_faceless", list(chosen.transforms), (2, 1), REFINE_ITERATIONS, work_dir, sampling, True, True
+    )
+    return faceless if faceless.face_missing > DEFACED_FACE_MISSING else chosen
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -326,48 +444,15 @@ def register_template(
     ants.config._random_seed = config.random_seed
     scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
     template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
-    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path)
-    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path)
-
-    poses: list[_StartResult] = []
-    for name, angles in START_ROTATIONS:
-        init = _initial_transform(
-            coarse.fixed, coarse.fixed_mask, coarse.moving, coarse.moving_mask, angles, work_dir / f"{name}_init.mat"
-        )
-        shape_fit = ants.registration(
-            fixed=coarse.fixed_blob,
-            moving=coarse.moving_blob,
-            type_of_transform="Similarity",
-            initial_transform=[init],
-            outprefix=str(work_dir / f"{name}_sim_"),
-            aff_metric="meansquares",
-            aff_iterations=SHAPE_ITERATIONS,
-            aff_shrink_factors=SHAPE_SHRINK,
-            aff_smoothing_sigmas=tuple(f // 2 for f in SHAPE_SHRINK),
-            aff_random_sampling_rate=0.2,
-        )
-        poses.append(coarse.fit(name, shape_fit["fwdtransforms"], (1,), POSE_MI_ITERATIONS, work_dir))
-    upright = poses[0]
-    challenger = max(poses[1:], key=lambda r: r.mutual_information)
-    contenders = [upright]
-    if challenger.mutual_information > upright.mutual_information * (1.0 + OTHER_POSE_MARGIN):
-        contenders.append(challenger)
-    # A fixed number of MI samples keeps refinement steady (too few make a flat cost
-    # function wander) and its cost independent of the field of view.
-    refine_sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
-    refined = [
-        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, refine_sampling, True)
-        for r in contenders
-    ]
-    chosen = _choose_start(refined)
-    log.debug("pose %s chosen from %d starting poses", chosen.name, len(poses))
-    best = Registration(
-        chosen.transforms,
-        chosen.score,
-        chosen.name.removesuffix("_refined"),
-        len(poses),
-        "brain" if brain_only else "head",
-    )
+    # A head may lack its face and ears (what defacing removes); a brain is scored on the brain.
+    forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
+    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
+    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
+    poses = _search_poses(coarse, work_dir)
+    chosen = _refine(fine, poses, work_dir)
+    start = chosen.name.split("_")[0]
+    log.debug("pose %s chosen from %d starting poses (%s)", start, len(poses), chosen.name)
+    best = Registration(chosen.transforms, chosen.score, start, len(poses), "brain" if brain_only else "head")
     if best.score < config.min_registration_score:
         raise RegistrationError(
             f"{scan.path}: registration to the template {best.path} scored {best.score:.2f} "
@@ -466,6 +551,8 @@ def scan_masks(
 ) -> ScanMasks:
     """Return the template's face, ear and brain masks on the scan's grid, the protected brain and the head.
 
+    The ear region also takes the pinnae found on the scan near it (:func:`bidsdeface.deface.ear_tissue`).
+
     Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
     of whole blocks of their voxels, and every voxel takes its block's value: 4x less
     work for a 0.5 mm CT. The protective margin then grows by the largest distance from a
@@ -481,4 +568,5 @@ def scan_masks(
     coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
     protect = dilate_mm(brain, coarse_zooms, brain_margin_mm + to_block_centre_mm)
     face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
-    return ScanMasks(face, ears, brain, protect, head_mask(scan.reference, scan.zooms, head_threshold))
+    head = head_mask(scan.reference, scan.zooms, head_threshold)
+    return ScanMasks(face, ears | ear_tissue(head, ears, protect, scan.zooms), brain, protect, head)

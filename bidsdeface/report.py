@@ -6,7 +6,9 @@ paths and need nothing but a browser; they hold output names, metrics and key
 names only. They link only files that exist: a QC record whose image is gone is
 left out, a missing figure is not shown, and the group report links a scan only
 once its subject report holds it (a run killed before writing that report leaves
-it to the next run or the group level).
+it to the next run or the group level). The exception is a scan that failed QC:
+its record says ``"ImageWithheld": true`` (no image of it was written), and it is
+listed, marked as withheld, with its figures, for review.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 STAGES: tuple[str, ...] = ("load", "register", "masks", "skullstrip", "deface", "qc", "write")
 FIGURE_CAPTIONS = {
-    "Render": "Render: the head's surface before (face pixelated) and after defacing",
-    "Mosaic": "Mosaic: slices through the face before (pixelated) and after; removed region in red",
+    "Render": "Render: the head's surface before and after defacing (face region in blocks)",
+    "Mosaic": "Mosaic: slices through the face before and after (face region in blocks); removed region in red",
     "Brain": "Brain: skull-strip mask in red, protected region (never changed) in blue, on the defaced image",
 }
+WITHHELD_NOTE = (
+    "<p><strong>Image withheld:</strong> this scan failed QC, so none of its images is in this dataset; "
+    "its QC record and figures are here for review.</p>\n"
+)
 STATUS_COLOURS = {"FAIL": "#c62828", "WARN": "#ef6c00", "PASS": "#2e7d32"}
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
@@ -80,10 +86,21 @@ class QcSummary:
         return self.statuses.count(status)
 
 
+def withheld(record: dict[str, Any]) -> bool:
+    """Return whether ``record`` is of a scan that failed QC and whose image was therefore not written.
+
+    >>> withheld({"Status": "FAIL", "ImageWithheld": True}), withheld({"Status": "PASS", "ImageWithheld": True})
+    (True, False)
+    """
+    return record.get("ImageWithheld") is True and record.get("Status") == "FAIL"
+
+
 def _on_disk(output_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """Return ``record`` with only the figures that exist, or None when its image does not."""
+    """Return ``record`` with only the figures that exist, or None when its image does not (unless withheld)."""
     scan, figures = record.get("Scan"), record.get("Figures", {})
-    if not isinstance(scan, str) or not (output_dir / scan).is_file() or not isinstance(figures, dict):
+    if not isinstance(scan, str) or not isinstance(figures, dict):
+        return None
+    if not withheld(record) and not (output_dir / scan).is_file():
         return None
     kept = {kind: path for kind, path in figures.items() if isinstance(path, str) and (output_dir / path).is_file()}
     return {**record, "Figures": kept}
@@ -93,7 +110,8 @@ def read_qc_records(output_dir: Path, subject: str | None = None) -> list[dict[s
     """Return the QC records below ``output_dir`` (one subject's, or all), flagged scans first.
 
     Only files that exist are named: a record whose image is gone (an interrupted or
-    cleaned-up scan) is left out, and its missing figures are dropped.
+    cleaned-up scan) is left out, and its missing figures are dropped. A record of a
+    scan that failed QC and whose image was withheld (:func:`withheld`) is kept.
     """
     pattern = f"sub-{subject}/**/*_qc.json" if subject else "sub-*/**/*_qc.json"
     records = []
@@ -122,11 +140,13 @@ def _cell(value: Any) -> str:
 def qc_table(records: list[dict[str, Any]]) -> str:
     """Return ``qc.tsv``: one row per scan with status, reasons, metrics and seconds per stage.
 
+    ``image`` is ``written``, or ``withheld`` for a scan that failed QC (not in the output).
+
     >>> table = qc_table([{"Scan": "sub-1/anat/x.nii.gz", "Status": "PASS", "Metrics": {}, "Seconds": {"qc": 2.0}}])
-    >>> table.splitlines()[1].split(chr(9))[:4]
-    ['sub-1/anat/x.nii.gz', '1', 'PASS', 'n/a']
+    >>> table.splitlines()[1].split(chr(9))[:5]
+    ['sub-1/anat/x.nii.gz', '1', 'PASS', 'n/a', 'written']
     """
-    header = ["scan", "subject", "status", "reasons", *METRIC_COLUMNS, "seconds_total"]
+    header = ["scan", "subject", "status", "reasons", "image", *METRIC_COLUMNS, "seconds_total"]
     header += [f"seconds_{stage}" for stage in STAGES]
     lines = ["\t".join(header)]
     for record in records:
@@ -136,6 +156,7 @@ def qc_table(records: list[dict[str, Any]]) -> str:
             record["Scan"].split("/")[0].removeprefix("sub-"),
             record["Status"],
             "; ".join(record.get("Reasons", [])),
+            "withheld" if withheld(record) else "written",
             *(metrics.get(column) for column in METRIC_COLUMNS),
             round(sum(seconds.values()), 2),
             *(seconds.get(stage) for stage in STAGES),
@@ -150,7 +171,7 @@ def _page(title: str, body: str) -> bytes:
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{body}\n"
         f'<p class="note">Made by bidsdeface {html.escape(__version__)}. '
-        "&ldquo;Before&rdquo; views show the removed region pixelated: faces are never drawn.</p>\n"
+        "Every view shows the face region in coarse blocks, before and after: faces are never drawn.</p>\n"
         "</body>\n</html>\n"
     ).encode()
 
@@ -185,6 +206,7 @@ def _scan_section(record: dict[str, Any]) -> str:
     )
     return (
         f'<h2 id="{html.escape(scan)}">{html.escape(Path(scan).name)} {_badge(record["Status"])}</h2>\n'
+        f"{WITHHELD_NOTE if withheld(record) else ''}"
         f"{_list(record.get('Reasons', []))}{_list(record.get('Notes', []), 'note')}\n"
         f'<div class="figures">{figures}</div>\n'
         f'<div class="figures">{_table("metrics", record["Metrics"])}{_table("method", record.get("Method", {}))}'
@@ -306,7 +328,8 @@ def group_report(records: list[dict[str, Any]], reported: frozenset[str] | None 
         pending += target is None
         rows.append(
             f"<tr><td>{_linked(target, thumbnail)}</td><td>{_linked(target, html.escape(scan))}</td>"
-            f"<td>{_badge(record['Status'])}</td><td>{_list(record.get('Reasons', []))}</td>"
+            f"<td>{_badge(record['Status'])}{'<br>image withheld' if withheld(record) else ''}</td>"
+            f"<td>{_list(record.get('Reasons', []))}</td>"
             f"<td>{html.escape(_cell(metrics.get('registration_score')))}</td>"
             f"<td>{html.escape(_cell(metrics.get('face_signal_left')))}</td>"
             f"<td>{html.escape(_cell(metrics.get('face_score_after')))}</td></tr>"

@@ -1,4 +1,4 @@
-"""Locate, verify and load the head template and its masks shipped with the package."""
+"""Locate, verify and load the head template, its masks and the face detector model shipped with the package."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ TEMPLATE_FILES: tuple[str, ...] = (
     "brain_mask.nii.gz",
 )
 CHECKSUM_FILE = "SHA256SUMS"
+FACE_MODEL = "mmod_human_face_detector.dat"
+FACE_MODEL_SHA256 = "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"
 
 
 class TemplateError(BidsDefaceError):
@@ -52,13 +54,31 @@ def template_dir() -> Path:
     Installed wheels carry them inside the package (``bidsdeface/templates``);
     a source checkout (editable install) keeps them at the top level.
     """
-    packaged = resources.files("bidsdeface").joinpath("templates")
+    return _bundled_dir("templates")
+
+
+def _bundled_dir(name: str) -> Path:
+    packaged = resources.files("bidsdeface").joinpath(name)
     if packaged.is_dir():
         return Path(str(packaged))
-    source_tree = Path(__file__).resolve().parent.parent / "templates"
+    source_tree = Path(__file__).resolve().parent.parent / name
     if source_tree.is_dir():
         return source_tree
-    raise TemplateError("bundled templates not found: the installation is incomplete")
+    raise TemplateError(f"bundled {name} not found: the installation is incomplete")
+
+
+def face_model_path() -> Path:
+    """Return the verified path of the bundled CNN face detector model (``models/README.md``).
+
+    Raises
+    ------
+    TemplateError
+        The file is missing or its checksum differs.
+    """
+    path = _bundled_dir("models") / FACE_MODEL
+    if not path.is_file() or _sha256(path) != FACE_MODEL_SHA256:
+        raise TemplateError(f"{path}: face detector model missing or damaged")
+    return path
 
 
 def _sha256(path: Path) -> str:

@@ -45,8 +45,9 @@ LOGGER = logging.getLogger("build_templates")
 #: Isotropic voxel size of the output grid (mm).
 GRID_MM = 2.0
 #: The face mask of pydeface stops half-way up the eyes; its upper (slanted)
-#: boundary is raised by this much so that the eyes and eyelids are covered.
-EYE_EXTENSION_MM = 8.0
+#: boundary is raised by this much so that the eyes, eyelids and brows are
+#: covered (8 and 16 mm left the upper eyelids of the Trio MPRAGE head in view).
+EYE_EXTENSION_MM = 24.0
 #: Face voxels closer than this to the brain mask are dropped (mm).
 FACE_BRAIN_MARGIN_MM = 6.0
 #: Ear voxels closer than this to the brain mask are dropped (mm).
@@ -735,7 +736,7 @@ def build_face(face_src: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Derive the face mask from the pydeface face region.
 
     Steps: raise the slanted upper boundary by ``EYE_EXTENSION_MM`` (union
-    with a copy shifted upwards) so the eyes and eyelids are covered; drop
+    with a copy shifted upwards) so the eyes, eyelids and brows are covered; drop
     voxels closer than ``FACE_BRAIN_MARGIN_MM`` to the brain; keep the largest
     component and fill holes.
 
@@ -985,8 +986,8 @@ texts are in `LICENSES.md`.
    antero-posterior row is filled from its first face voxel to the anterior
    edge of the grid (pydeface leaves a thin strip there).  pydeface's
    region stops half-way up the eyes, so its slanted upper boundary is raised
-   by {EYE_EXTENSION_MM:g} mm (union with a copy shifted up) to cover the eyes
-   and eyelids but not the forehead.  Voxels closer than
+   by {EYE_EXTENSION_MM:g} mm (union with a copy shifted up) to cover the eyes,
+   eyelids and brows, but not the forehead.  Voxels closer than
    {FACE_BRAIN_MARGIN_MM:g} mm to the brain mask are removed, the largest
    component is kept and holes are filled.
 6. **ear_mask.nii.gz.** In mridefacer `face_teeth_ear_mask.nii.gz`

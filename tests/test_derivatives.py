@@ -133,3 +133,30 @@ def test_concurrent_writers_create_identical_dataset_files(tmp_path: Path) -> No
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([".bidsignore", "README.md", "dataset_description.json"])
     assert json.loads((tmp_path / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+
+
+def test_staged_removals_happen_at_the_commit_only(tmp_path: Path) -> None:
+    """Files an earlier run left are deleted by the commit, before the new files appear; not at all on failure."""
+    old, new = tmp_path / "sub-01" / "old.nii.gz", tmp_path / "sub-01" / "qc.json"
+    old.parent.mkdir()
+    old.write_bytes(b"earlier run")
+    with pytest.raises(RuntimeError), staged_files() as staged:
+        staged.remove(old)
+        staged.write_json(new, {"k": 1})
+        raise RuntimeError("killed while writing")
+    assert old.is_file() and not new.exists()
+    with staged_files() as staged:
+        staged.remove(old)
+        staged.remove(tmp_path / "never-written.json")  # absent: nothing to do
+        staged.write_json(new, {"k": 1})
+        assert old.is_file(), "nothing removed before the commit"
+    assert not old.exists() and json.loads(new.read_text()) == {"k": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["qc.json", "sub-01"]
+
+
+def test_failed_folder_has_its_readme(tmp_path: Path) -> None:
+    folder = derivatives.prepare_failed_folder(tmp_path / "private")
+    assert folder == tmp_path / "private" / derivatives.FAILED_FOLDER
+    assert "Keep it private" in (folder / "README.txt").read_text()
+    derivatives.prepare_failed_folder(tmp_path / "private")  # again: unchanged, no temporaries
+    assert [p.name for p in folder.iterdir()] == ["README.txt"]

@@ -14,7 +14,7 @@ from PIL import Image
 from bidsdeface.deface import ScanMasks
 from bidsdeface.qc import LIMITS, judge, measure, png_bytes
 
-from .conftest import BLUR_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
+from .conftest import BLUR_HEADS, CROPPED_HEADS, FACE_ABSENT_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
 
 STAGES = {"load", "register", "masks", "skullstrip", "deface", "qc", "write"}  # the heads run skull-strips
 PASSING = {
@@ -72,6 +72,59 @@ def test_inconclusive_face_check_is_a_note_not_a_flag() -> None:
     assert len(verdict.notes) == 2
 
 
+# An input defaced elsewhere: its face region holds almost no tissue, no face is found
+# before, and defacing it again may remove nothing from the head.
+FACE_ABSENT = {
+    **PASSING,
+    "face_tissue_fraction": 0.01,
+    "face_score_before": None,
+    "face_signal_left": None,
+    "head_voxels_removed": 0,
+    "head_removed_fraction": 0.0,
+}
+
+
+def test_face_already_absent_passes_with_one_note() -> None:
+    verdict = judge(FACE_ABSENT)
+    assert verdict.status == "PASS", verdict.reasons
+    assert verdict.notes == ("face already absent",)
+
+
+def test_face_tissue_at_the_limit_is_not_absent() -> None:
+    verdict = judge({**FACE_ABSENT, "face_tissue_fraction": LIMITS.face_absent_tissue})
+    assert verdict.status == "FAIL"
+    assert "nothing was removed from the head" in verdict.reasons
+    assert "face already absent" not in verdict.notes
+
+
+def test_a_face_found_before_overrules_the_tissue_measure() -> None:
+    """Little tissue in a face region placed beside the face must not hide a face left whole."""
+    verdict = judge({**FACE_ABSENT, "face_score_before": 0.8})
+    assert verdict.status == "FAIL"
+    assert "face already absent" not in verdict.notes
+
+
+def test_face_already_absent_hides_no_other_failure() -> None:
+    verdict = judge({**FACE_ABSENT, "brain_voxels_touched": 2, "face_signal_left": 0.5})
+    assert verdict.status == "FAIL"
+    assert len(verdict.reasons) == 2
+    assert "face already absent" in verdict.notes
+
+
+def test_measure_tells_how_much_face_the_input_has() -> None:
+    before = np.full((10, 10, 10), 100.0)
+    face = np.zeros(before.shape, bool)
+    face[:, 7:, :] = True
+    protect = np.zeros(before.shape, bool)
+    protect[:, 7, :5] = True  # 50 face voxels protected: not counted
+    before[:, 9, :] = 0.0  # one face row of the three holds no tissue
+    masks = ScanMasks(face=face, ears=np.zeros_like(face), brain=protect, protect=protect, head=before > 50)
+    metrics = measure(before, before, masks, face & ~protect, 50.0)
+    assert metrics["face_tissue_fraction"] == pytest.approx(150 / 250)
+    outside = ScanMasks(face=np.zeros_like(face), ears=face, brain=protect, protect=protect, head=before > 50)
+    assert measure(before, before, outside, face, 50.0)["face_tissue_fraction"] is None
+
+
 def test_measure_compares_output_with_input() -> None:
     before = np.full((10, 10, 10), 100.0)
     face = np.zeros(before.shape, bool)
@@ -122,26 +175,75 @@ def test_every_head_passes_qc_with_valid_figures(heads_run: dict, label: str) ->
         assert np.asarray(picture.convert("L")).std() > 10  # not blank
 
 
+def _no_face_after(metrics: dict) -> None:
+    assert metrics["face_check"] == "run"
+    for key, limit in (("face_score_after", LIMITS.face_score), ("face_cnn_score_after", LIMITS.face_cnn_score)):
+        assert metrics[key] is None or metrics[key] < limit, f"face found after defacing ({key} {metrics[key]})"
+
+
+def _face_before(metrics: dict) -> None:
+    for key, limit in (("face_score_before", LIMITS.face_score), ("face_cnn_score_before", LIMITS.face_cnn_score)):
+        found = metrics[key] is not None and metrics[key] >= limit
+        assert found, f"no face found before defacing ({key} {metrics[key]})"
+
+
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("label", HEADS)
 def test_face_found_before_and_not_after(heads_run: dict, label: str) -> None:
+    """Both detectors find every full face before (views front, yaw +-20, pitch +-10) and none after."""
     metrics = _record(heads_run, label)["Metrics"]
-    assert metrics["face_check"] == "run"
-    after = metrics["face_score_after"]
-    assert after is None or after < LIMITS.face_score, f"face found after defacing (score {after})"
+    _no_face_after(metrics)
     if label in FULL_FACE_HEADS:
-        before = metrics["face_score_before"]
-        assert before is not None and before >= LIMITS.face_score, f"no face found before defacing ({before})"
+        _face_before(metrics)
 
 
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("label", BLUR_HEADS)
 def test_blurred_faces_pass_qc(heads_run: dict, label: str) -> None:
+    """Blur with ears: no face found from any view, no ear tissue left, also with the ears cut by the field of view."""
+    record = _record(heads_run, label, "blurred")
+    metrics = record["Metrics"]
+    assert record["Status"] == "PASS", record["Reasons"]
+    assert metrics["face_signal_left"] <= LIMITS.face_signal_left_warn
+    _no_face_after(metrics)
+    if label in FULL_FACE_HEADS or label in CROPPED_HEADS:
+        _face_before(metrics)
+    assert metrics["ear_tissue_ml"] > 0
+    assert metrics["ear_tissue_left"] is not None and metrics["ear_tissue_left"] <= LIMITS.ear_tissue_left_warn
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("label", FACE_ABSENT_HEADS)
+def test_face_already_absent_passes_with_the_note(heads_run: dict, label: str) -> None:
+    """bidsdeface's own outputs and plane-cut heads are processed again, not refused."""
     record = _record(heads_run, label, "blurred")
     assert record["Status"] == "PASS", record["Reasons"]
-    assert record["Metrics"]["face_signal_left"] <= LIMITS.face_signal_left_warn
+    assert "face already absent" in record["Notes"]
+    assert record["Metrics"]["registration_score"] >= LIMITS.registration_warn
+    _no_face_after(record["Metrics"])
+
+
+@needs_shared
+@pytest.mark.slow
+def test_rendered_figures_never_show_a_face(heads_run: dict) -> None:
+    """Every surface render of both runs, as written, is shown to both detectors: no face in any.
+
+    The "before" renders show the face region in blocks: pixelated intensities alone
+    would keep the face's surface, which a detector reads.
+    """
+    from bidsdeface.qc import face_detectors
+
+    detectors = face_detectors()
+    pictures = sorted([*heads_run["out"].rglob("*_render.png"), *heads_run["blurred"].rglob("*_render.png")])
+    assert len(pictures) == len(HEADS) + len(BLUR_HEADS) + len(FACE_ABSENT_HEADS)
+    for path in pictures:
+        grey = np.asarray(Image.open(path).convert("L"))
+        _, hog_scores, _ = detectors.hog.run(grey, 1, LIMITS.face_score)
+        cnn_scores = [d.confidence for d in detectors.cnn(grey, 0)]
+        assert len(hog_scores) == 0 and max(cnn_scores, default=0.0) < LIMITS.face_cnn_score, path.name
 
 
 @needs_shared

@@ -19,7 +19,7 @@ from PIL import Image
 
 from bidsdeface.cli import main
 from bidsdeface.derivatives import write_json_atomic
-from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files
+from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files, write_subject_report
 
 from .conftest import HEADS, NIFTI_HEADS, SHARED, head_paths, make_dataset, needs_shared, tree_digest
 
@@ -240,3 +240,37 @@ def test_reports_after_a_kill_link_only_files_that_exist(tmp_path: Path) -> None
     assert _targets(out / "sub-01.html").targets == [record["Figures"]["Mosaic"]]
     assert "sub-02" not in (out / GROUP_REPORT).read_text() and "sub-02" not in (out / QC_TABLE).read_text()
     assert _everything(bids) == before
+
+
+def test_withheld_records_are_listed_without_an_image(tmp_path: Path) -> None:
+    """A FAIL record saying its image was withheld is reported; other records without an image are not."""
+    _write_record(tmp_path, "a", "PASS", [])
+    scan = "sub-b/anat/sub-b_desc-defaced_T1w.nii.gz"
+    figure = "sub-b/figures/sub-b_desc-defaced_T1w_render.png"
+    (tmp_path / "sub-b" / "figures").mkdir(parents=True)
+    (tmp_path / figure).write_bytes(b"")
+    record = {
+        "Scan": scan,
+        "Status": "FAIL",
+        "ImageWithheld": True,
+        "Reasons": ["only 10% of the face removed"],
+        "Metrics": {},
+        "Figures": {"Render": figure, "Mosaic": figure.replace("render", "mosaic")},  # the mosaic is gone
+    }
+    write_json_atomic(tmp_path / scan.replace(".nii.gz", "_qc.json"), record)
+    # image gone, but not withheld (an interrupted run), or "withheld" yet not a FAIL: left out as before
+    for suffix, changes in (("T2w", {"ImageWithheld": False}), ("FLAIR", {"Status": "PASS"})):
+        other = {**record, **changes, "Scan": scan.replace("T1w", suffix)}
+        write_json_atomic(tmp_path / other["Scan"].replace(".nii.gz", "_qc.json"), other)
+    assert [(r["Scan"], r["Status"]) for r in read_qc_records(tmp_path)] == [
+        (scan, "FAIL"),
+        ("sub-a/anat/sub-a_desc-defaced_T1w.nii.gz", "PASS"),
+    ]
+    write_group_files(tmp_path)
+    row = (tmp_path / QC_TABLE).read_text().splitlines()[1].split("\t")
+    assert row[:5] == [scan, "b", "FAIL", "only 10% of the face removed", "withheld"]
+    assert (tmp_path / QC_TABLE).read_text().splitlines()[2].split("\t")[4] == "written"
+    assert "image withheld" in (tmp_path / GROUP_REPORT).read_text()
+    page = parse(write_subject_report(tmp_path, "b"))
+    assert page.images == [figure] and "Image withheld:" in " ".join(page.text)
+    assert broken_links(tmp_path) == [] and not (tmp_path / scan).exists()

@@ -1,7 +1,7 @@
 """Skull stripping: unit checks on small volumes, then every real MRI head.
 
 The real-data tests read the outputs of the session's :func:`heads_run`, which skull-strips
-every MRI head with the default template method (its blurred run uses deepbet). The
+every MRI head with the default template method (one head also with deepbet). The
 independent reference is deepbet's mask of the same input, computed here. CT and PET
 skull stripping is checked in ``test_ct_pet.py`` (on that module's run).
 """
@@ -30,7 +30,7 @@ from bidsdeface.skullstrip import (
     single_solid_component,
 )
 
-from .conftest import BLUR_HEADS, BRAIN_MARGIN_MM, HEADS, SUFFIX, head_paths, holes, needs_shared
+from .conftest import BRAIN_MARGIN_MM, HEADS, LEARNED_HEADS, SUFFIX, head_paths, holes, needs_shared
 
 ADULT_BRAIN_ML = (900.0, 2200.0)
 MIN_DICE_WITH_LEARNED = 0.90
@@ -201,12 +201,23 @@ def test_brain_outputs_match_the_defaced_image_and_protect_the_brain(heads_run: 
     assert record["Figures"]["Brain"] in report and "skull_strip_method" in report
 
 
+@pytest.fixture(scope="module")
+def learned_run(heads_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """:data:`LEARNED_HEADS` skull-stripped by the learned method (deepbet) through the CLI."""
+    from bidsdeface.cli import main
+
+    out = tmp_path_factory.mktemp("learned") / "out"
+    options = ["--skull-strip-method", "deepbet", "--skip-bids-validation", "--participant-label", *LEARNED_HEADS]
+    assert main([str(heads_run["bids"]), str(out), "participant", *options]) == 0
+    return {"out": out}
+
+
 @needs_shared
 @pytest.mark.slow
-@pytest.mark.parametrize("label", BLUR_HEADS)
-def test_learned_method_through_the_pipeline(heads_run: dict, label: str) -> None:
-    """The blurred run used deepbet: recorded as such, and it agrees with the template method's mask."""
-    brain_path, mask_path = _brain_paths(heads_run, label, "blurred")
+@pytest.mark.parametrize("label", LEARNED_HEADS)
+def test_learned_method_through_the_pipeline(heads_run: dict, learned_run: dict, label: str) -> None:
+    """deepbet's run is recorded as such, and its mask agrees with the template method's."""
+    brain_path, mask_path = _brain_paths(learned_run, label)
     sidecar = json.loads(brain_path.with_name(brain_path.name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["SkullStrippingMethod"].startswith("deepbet ")
     learned = np.asanyarray(nib.load(mask_path).dataobj) > 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bidsdeface.deface import dilate_mm
-from bidsdeface.templates import TEMPLATE_FILES, TemplateError, load_template, verify_templates
+from bidsdeface.templates import FACE_MODEL, TEMPLATE_FILES, TemplateError, load_template, verify_templates
 
 from .conftest import REPO
 
@@ -49,11 +49,13 @@ def test_templates_load_from_built_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for name in TEMPLATE_FILES:
         assert f"bidsdeface/templates/{name}" in names
+    assert f"bidsdeface/models/{FACE_MODEL}" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = (
         "import bidsdeface.templates as t; d = t.template_dir(); "
-        f"assert str(d).startswith({str(target)!r}), d; t.load_template(); print('ok')"
+        f"assert str(d).startswith({str(target)!r}), d; t.load_template(); "
+        f"assert str(t.face_model_path()).startswith({str(target)!r}); print('ok')"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
