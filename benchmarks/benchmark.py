@@ -6,9 +6,9 @@ For every selected head a one-subject BIDS dataset is built in a temporary folde
 
     python -m bidsdeface.cli BIDS OUT participant --skip-bids-validation -v --omp-nthreads N
 
-runs in its own process.  The per-scan log line of
-:func:`bidsdeface.pipeline.run_participant` gives the stage timings, the
-registration score and the voxel counts; ``os.wait4`` on the child gives its own
+runs in its own process.  The measured scan's QC record (``_qc.json``, see
+:func:`bidsdeface.outputs.qc_record`) gives the stage timings, the registration
+score, the voxel counts and the verdict; ``os.wait4`` on the child gives its own
 peak resident memory; the wall time includes process start-up and imports.
 
 Run it alone on an idle machine (see README.md next to this file)::
@@ -47,6 +47,8 @@ log = logging.getLogger("benchmark")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# bidsdeface.outputs.STAGES, the keys of a QC record's "Seconds" (not imported: the package's
+# imports in this process would count in every child's peak memory)
 STAGES: tuple[str, ...] = ("load", "register", "masks", "skullstrip", "deface", "qc", "write")
 
 
@@ -98,21 +100,12 @@ THIN_SLICE_MM = 0.75
 CT_MATRIX = 512
 PET_FRAME_SCALES = (0.2, 0.7, 1.0, 0.9, 0.8, 0.6)
 PET_FRAME_SECONDS = (30, 60, 120, 300, 300, 600)
-CONVERT_ENTRY = "import sys; from bidsdeface.cli import convert_main; sys.exit(convert_main(sys.argv[1:]))"
+CONVERT_ENTRY = "import sys; from bidsdeface.convert_cli import main; sys.exit(main(sys.argv[1:]))"
 HEADS_BY_NAME: dict[str, Head] = {head.name: head for head in HEADS}
 
-# The per-scan summary line written by bidsdeface.pipeline.run_participant, e.g.
-# "[1/1] sub-01/anat/sub-01_T1w.nii.gz: done in 21.3 s (load 0.2, register 18.9, masks 0.9,
-#  deface 0.1, qc 3.9, write 1.2); registration score 0.912; face voxels removed 81234 (96%);
-#  brain voxels touched 0; QC PASS"
-DONE_LINE = re.compile(
-    r"\]\s+(?P<scan>\S+): done in (?P<total>[\d.]+) s \((?P<stages>[^)]*)\); "
-    r"registration score (?P<score>[\d.]+); "
-    r"face voxels removed (?P<face>\d+) \((?P<percent>[\d.]+)%\); "
-    r"brain voxels touched (?P<brain>\d+); QC (?P<qc>[A-Z]+)"
-)
+# A failed scan has no QC record; why it failed is only in the log, e.g.
+# "[1/1] sub-01/anat/sub-01_T1w.nii.gz: FAILED: sub-01_T1w.nii.gz: register failed: ..."
 FAILED_LINE = re.compile(r"\]\s+(?P<scan>\S+): FAILED: (?P<message>.*)$")
-STAGE_ITEM = re.compile(r"(?P<name>\w+) (?P<seconds>[\d.]+)")
 
 
 @dataclass
@@ -141,19 +134,22 @@ class Result:
 
 
 @dataclass(frozen=True)
-class LogSummary:
-    """The per-scan numbers bidsdeface logged for the one scan of a run.
+class ScanSummary:
+    """What bidsdeface recorded for the one measured scan of a run.
 
     Attributes
     ----------
     done : bool
-        Whether the scan's ``done in ...`` line was found.
+        Whether the scan's QC record (``_qc.json``) was found.
     score, face_removed, face_percent, brain_touched, qc
-        Registration score, voxel counts and QC verdict from that line.
+        Registration score, face voxels removed (and % of the warped face mask),
+        brain voxels touched and QC verdict, from the record's ``Metrics`` and ``Status``.
     stages : dict
-        Stage name -> seconds.
+        Stage name -> seconds, from the record's ``Seconds``.
+    metrics : dict
+        The record's ``Metrics`` as they are.
     failure : str
-        The message of a ``FAILED:`` line, if any.
+        The message of the scan's ``FAILED:`` log line, if any (a failed scan has no record).
     """
 
     done: bool = False
@@ -163,42 +159,69 @@ class LogSummary:
     brain_touched: int | None = None
     qc: str = ""
     stages: dict[str, float] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
     failure: str = ""
 
 
-def parse_log(text: str, name: str = "") -> LogSummary:
-    """Extract the per-scan metrics from a bidsdeface log (the first line of the scan).
+def find_qc_record(out: Path, relpath: Path) -> dict | None:
+    """Return the QC record of the scan at ``relpath`` (relative to the BIDS folder), or None.
+
+    The record lies in the scan's folder of the output, beside the defaced image, and
+    its ``Scan`` ends with the scan's suffix and extension (``_T1w.nii.gz``).
+    """
+    ending = "_" + relpath.name.rsplit("_", 1)[-1]
+    for path in sorted((out / relpath.parent).glob("*_qc.json")):
+        record = json.loads(path.read_text())
+        if str(record.get("Scan", "")).endswith(ending):
+            return record
+    return None
+
+
+def summarize_record(record: dict) -> ScanSummary:
+    """Return the numbers the benchmark reports from a scan's QC record (see :func:`bidsdeface.outputs.qc_record`)."""
+    metrics = record["Metrics"]
+    return ScanSummary(
+        done=True,
+        score=metrics["registration_score"],
+        face_removed=metrics["face_voxels_removed"],
+        face_percent=100 * metrics["face_removed_fraction"],
+        brain_touched=metrics["brain_voxels_touched"],
+        qc=record["Status"],
+        stages=dict(record["Seconds"]),
+        metrics=metrics,
+    )
+
+
+def failure_message(text: str, name: str) -> str:
+    """Return the message of the ``FAILED:`` log line of the scan named ``name`` ("" if there is none)."""
+    for line in text.splitlines():
+        failed = FAILED_LINE.search(line) if name in line else None
+        if failed:
+            return failed["message"].strip()
+    return ""
+
+
+def scan_summary(out: Path, relpath: Path, text: str) -> ScanSummary:
+    """Return the measured scan's numbers from its QC record, or the failure from the log if it has none.
 
     Parameters
     ----------
+    out : Path
+        The run's output folder.
+    relpath : Path
+        The measured scan, relative to the BIDS folder (other scans' records are skipped).
     text : str
-        The child's log (stderr).
-    name : str
-        File name of the measured scan (other scans' lines are skipped).
+        The child's log (stdout and stderr).
 
     Returns
     -------
-    LogSummary
-        Empty (``done`` False, no ``failure``) when neither line is present.
+    ScanSummary
+        Empty (``done`` False, no ``failure``) when there is neither a record nor a ``FAILED:`` line.
     """
-    for line in text.splitlines():
-        if name not in line:
-            continue
-        done = DONE_LINE.search(line)
-        if done:
-            return LogSummary(
-                done=True,
-                score=float(done["score"]),
-                face_removed=int(done["face"]),
-                face_percent=float(done["percent"]),
-                brain_touched=int(done["brain"]),
-                qc=done["qc"],
-                stages={m["name"]: float(m["seconds"]) for m in STAGE_ITEM.finditer(done["stages"])},
-            )
-        failed = FAILED_LINE.search(line)
-        if failed:
-            return LogSummary(failure=failed["message"].strip())
-    return LogSummary()
+    record = find_qc_record(out, relpath)
+    if record is not None:
+        return summarize_record(record)
+    return ScanSummary(failure=failure_message(text, relpath.name))
 
 
 def build_dataset(head: Head, shared: Path, root: Path, result: Result) -> Path:
@@ -287,10 +310,8 @@ def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
     return code, wall, usage.ru_maxrss * kib_per_unit / 1024**2
 
 
-def measure_brain_mask(result: Result, scan: Path, out: Path, keep_for_comparison: Path | None) -> None:
-    """Fill ``result``'s brain mask columns from the QC record; keep the scan and mask to compare later."""
-    records = [json.loads(path.read_text()) for path in out.rglob("*_qc.json")]
-    metrics = records[0].get("Metrics", {}) if records else {}
+def measure_brain_mask(result: Result, metrics: dict, scan: Path, out: Path, keep_for_comparison: Path | None) -> None:
+    """Fill ``result``'s brain mask columns from the scan's QC ``metrics``; keep the scan and mask to compare later."""
     if "brain_volume_ml" not in metrics:
         return
     result.brain_ml = metrics["brain_volume_ml"]
@@ -361,21 +382,21 @@ def benchmark_head(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log_path, keep / f"{head.name}.log")
+        summary = scan_summary(root / "out", scan.relative_to(root / "bids"), text)
         if skull_strip_method and result.exit_code == 0:
-            measure_brain_mask(result, scan, root / "out", keep_for_comparison)
-    parsed = parse_log(text, scan.name)
-    if parsed.done:
+            measure_brain_mask(result, summary.metrics, scan, root / "out", keep_for_comparison)
+    if summary.done:
         result.status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
-        result.score = parsed.score
-        result.face_removed = parsed.face_removed
-        result.face_percent = parsed.face_percent
-        result.brain_touched = parsed.brain_touched
-        result.qc = parsed.qc
-        result.stages = parsed.stages
+        result.score = summary.score
+        result.face_removed = summary.face_removed
+        result.face_percent = summary.face_percent
+        result.brain_touched = summary.brain_touched
+        result.qc = summary.qc
+        result.stages = summary.stages
     else:
         result.status = f"FAILED (exit {result.exit_code})"
         last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-        result.message = parsed.failure or last[0]
+        result.message = summary.failure or last[0]
         log.error("%s: %s", head.name, result.message)
         log.debug("%s: full log:\n%s", head.name, text)
     log.info(

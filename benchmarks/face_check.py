@@ -2,24 +2,24 @@
 """Time the QC face check and compare its scores, previous and current, on real heads.
 
 The face check renders the head's surface before and after defacing and runs dlib's
-face detectors on the renders (:mod:`bidsdeface.qc`). Two versions are measured on
-the same defaced heads:
+face detectors on the renders (:mod:`bidsdeface.figures`, :mod:`bidsdeface.faces`). Two
+versions are measured on the same defaced heads:
 
 previous
     For each stage (before / after), the head rendered from the front and from the
-    side (:func:`bidsdeface.qc.smoothed`, :func:`~bidsdeface.qc.depth_map`,
-    :func:`~bidsdeface.qc.surface_render`, each direction lit from the nearest point
+    side (:func:`bidsdeface.figures.smoothed`, :func:`~bidsdeface.figures.depth_map`,
+    :func:`~bidsdeface.figures.surface_render`, each direction lit from the nearest point
     of its "before" render); dlib's HOG frontal detector run on each picture and its
     mirror image (candidates above -1), keeping boxes centred inside the template
     face region's silhouette; the best score per stage. Reimplemented here.
 current
-    :func:`bidsdeface.qc.surface_renders` (the five :data:`~bidsdeface.qc.FACE_VIEWS`
-    and the side) and :func:`bidsdeface.qc.face_check` (HOG and the CNN on the five
+    :func:`bidsdeface.figures.surface_renders` (the five :data:`~bidsdeface.figures.FACE_VIEWS`
+    and the side) and :func:`bidsdeface.faces.face_check` (HOG and the CNN on the five
     views), called from the installed package.
 
 For each head: load, register the template, warp the masks, deface with ``zero`` and
 with ``blur``; per method the shared resampling onto the view grid
-(:func:`bidsdeface.qc.template_views`) is timed on its own, then rendering and
+(:func:`bidsdeface.figures.template_views`) is timed on its own, then rendering and
 detection of each version. DICOM series are converted with ``bidsdeface-convert``
 into a temporary folder first. The machine's load average is printed with the table::
 
@@ -88,7 +88,7 @@ class Row:
     registration : float or None
         Registration score of the head.
     views_s : float or None
-        Seconds of :func:`bidsdeface.qc.template_views` (shared by both versions).
+        Seconds of :func:`bidsdeface.figures.template_views` (shared by both versions).
     seconds : dict
         ``previous render``, ``previous detect``, ``current render``, ``current detect`` -> seconds.
     scores : dict
@@ -133,16 +133,16 @@ def previous_renders(views: Any) -> dict[tuple[str, str], np.ndarray]:
 
     Each direction's camera and light come from the nearest point of its "before" render.
     """
-    from bidsdeface import qc
+    from bidsdeface import figures
 
     renders: dict[tuple[str, str], np.ndarray] = {}
     nearest: dict[str, float] = {}
     for stage in STAGES:
-        smooth = qc.smoothed(getattr(views, stage))
+        smooth = figures.smoothed(getattr(views, stage))
         for direction in PREVIOUS_DIRECTIONS:
-            depth = qc.depth_map(smooth, views.surface_threshold, direction)
-            nearest.setdefault(direction, qc._nearest(depth))
-            renders[stage, direction] = qc.surface_render(depth, direction, nearest[direction])
+            depth = figures.depth_map(smooth, views.surface_threshold, direction)
+            nearest.setdefault(direction, figures._nearest(depth))
+            renders[stage, direction] = figures.surface_render(depth, direction, nearest[direction])
     return renders
 
 
@@ -164,11 +164,11 @@ def previous_face_check(renders: dict[tuple[str, str], np.ndarray], template: An
     """Return the previous check's best HOG score per stage over the front and side renders."""
     import dlib
 
-    from bidsdeface import qc
+    from bidsdeface import figures
 
     detector = dlib.get_frontal_face_detector()
     face_on_grid = grid.template_mask(template.face)
-    where = {direction: qc.face_silhouette(face_on_grid, direction) for direction in PREVIOUS_DIRECTIONS}
+    where = {direction: figures.face_silhouette(face_on_grid, direction) for direction in PREVIOUS_DIRECTIONS}
     best: dict[str, Any] = {}
     for stage in STAGES:
         found = [hog_score(renders[stage, d], detector, where[d]) for d in PREVIOUS_DIRECTIONS]
@@ -182,26 +182,23 @@ def _timed(function: Any, *args: Any) -> tuple[Any, float]:
     return value, time.perf_counter() - started
 
 
-def _mean_3d(data: np.ndarray) -> np.ndarray:
-    return data.reshape((*data.shape[:3], -1)).mean(axis=3, dtype=np.float32) if data.ndim > 3 else data
-
-
 def measure_method(row: Row, scan: Any, template: Any, registration: Any, masks: Any, threshold: float) -> None:
     """Deface ``scan`` with ``row.method`` and time both face checks on it (fills ``row``)."""
-    from bidsdeface import deface, qc
+    from bidsdeface import deface, faces, figures
     from bidsdeface.config import Config
+    from bidsdeface.volumes import mean_volume, real_values, stored_data
 
     config = Config(bids_dir=Path("."), output_dir=Path("."), method=row.method)
     result = deface.deface_image(scan.image, masks, config)
-    before = _mean_3d(deface.real_values(deface.stored_data(scan.image), scan.image))
-    after = _mean_3d(deface.real_values(deface.stored_data(result.image), scan.image))
+    before = mean_volume(real_values(stored_data(scan.image), scan.image))
+    after = mean_volume(real_values(stored_data(result.image), scan.image))
     views, row.views_s = _timed(
-        qc.template_views, before, after, result.removed, scan.image.affine, template, registration, threshold
+        figures.template_views, before, after, result.removed, scan.image.affine, template, registration, threshold
     )
     renders, row.seconds["previous render"] = _timed(previous_renders, views)
     previous, row.seconds["previous detect"] = _timed(previous_face_check, renders, template, views.grid)
-    renders, row.seconds["current render"] = _timed(qc.surface_renders, views)
-    current, row.seconds["current detect"] = _timed(qc.face_check, renders, template, views.grid)
+    renders, row.seconds["current render"] = _timed(figures.surface_renders, views)
+    current, row.seconds["current detect"] = _timed(faces.face_check, renders, template, views.grid)
     row.scores = {
         "previous hog": previous,
         "current hog": {stage: current.get(f"face_score_{stage}") for stage in STAGES},
@@ -224,7 +221,8 @@ def measure_head(head: Head, shared: Path) -> list[Row]:
     """Load, register and mask one head, then measure both face checks for every method."""
     from bidsdeface.config import Config
     from bidsdeface.images import foreground_threshold, load_scan
-    from bidsdeface.register import register_template, scan_masks
+    from bidsdeface.masks import scan_masks
+    from bidsdeface.register import register_template
     from bidsdeface.templates import load_template
 
     rows = [Row(head.name, method) for method in METHODS]
@@ -383,9 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from bidsdeface import qc
+    from bidsdeface import faces, qc
 
-    if not qc.face_detector_available():
+    if not faces.face_detector_available():
         log.error("dlib is not installed: the face check cannot run")
         return 2
     heads = [HEADS_BY_NAME[name] for name in dict.fromkeys(args.heads)]

@@ -1,4 +1,9 @@
-"""Command line: ``bidsdeface BIDS_DIR OUTPUT_DIR {participant,group} [options]``."""
+"""Command line: ``bidsdeface BIDS_DIR OUTPUT_DIR {participant,group} [options]``.
+
+Also the one home of what both commands share (``bidsdeface-convert`` is
+:mod:`bidsdeface.convert_cli`): the parser class and help format, the scrub
+options, logging set-up and the guard that turns failures into exit codes.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,27 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
-from .config import DEFAULT_SUFFIXES, METHODS, SKULL_STRIP_METHODS, SUPPORTED_SUFFIXES, Config, ConvertConfig
-from .discover import clean_label
+from .bidsnames import clean_label
+from .config import (
+    CONTAINER_IMAGE_ENV,
+    DATE_SHIFT_KEY_ENV,
+    DEFAULT_SUFFIXES,
+    METHODS,
+    SKULL_STRIP_METHODS,
+    SUPPORTED_SUFFIXES,
+    Config,
+    bound_threads,
+)
 from .errors import (
-    EXIT_DATA,
     EXIT_INTERNAL,
     EXIT_OK,
-    EXIT_UNKNOWN_LEVEL,
     EXIT_USAGE,
     BidsDefaceError,
     Terminated,
+    UnknownLevelError,
     UsageError,
     library_messages_to_debug,
     sigterm_raises,
@@ -31,16 +44,29 @@ from .policy import SitePolicy, read_policy_file
 log = logging.getLogger("bidsdeface")
 
 ANALYSIS_LEVELS = ("participant", "group")
-DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
-CONTAINER_IMAGE_ENV = "BIDSDEFACE_CONTAINER_IMAGE"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with BIDS-App exit codes: 64 for usage errors, 17 for an unknown level."""
+    """argparse with BIDS-App exit codes: 17 for an unknown analysis level, 64 for every other usage error.
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    The level is checked by its argument type (:func:`_analysis_level`), which raises
+    :class:`UnknownLevelError`; argparse lets that through, and it is caught here.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        try:
+            return super().parse_known_args(args, namespace)
+        except UnknownLevelError as exc:
+            self._fail(exc.exit_code, str(exc))
+
+    def error(self, message: str) -> NoReturn:
+        self._fail(EXIT_USAGE, message)
+
+    def _fail(self, code: int, message: str) -> NoReturn:
+        """Print the usage and one error line; exit with ``code``."""
         self.print_usage(sys.stderr)
-        code = EXIT_UNKNOWN_LEVEL if "analysis_level" in message else EXIT_USAGE
         self.exit(code, f"{self.prog}: error: {message}\n")
 
 
@@ -67,19 +93,42 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _analysis_level(text: str) -> str:
+    """Return ``text`` if it is one of :data:`ANALYSIS_LEVELS`, else raise :class:`UnknownLevelError` (exit 17).
+
+    >>> _analysis_level("group")
+    'group'
+    >>> _analysis_level("sideways")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bidsdeface.errors.UnknownLevelError: argument analysis_level: invalid choice: 'sideways' (choose from ...)
+    """
+    if text not in ANALYSIS_LEVELS:
+        choices = ", ".join(repr(level) for level in ANALYSIS_LEVELS)
+        raise UnknownLevelError(f"argument analysis_level: invalid choice: {text!r} (choose from {choices})")
+    return text
+
+
+SCRUB_DESCRIPTION = (
+    "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
+    "see bidsdeface/policy.py), and only values of the type the BIDS schema or DICOM dictionary "
+    "defines whose text passes a conservative screen; participants, sessions and scans tables keep "
+    "only allowed columns, BIDS levels and screened text (failures become n/a); "
+    "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates are shifted "
+    "by one whole number of days per subject (to 1925 or earlier; times of day are kept) unless "
+    "--drop-dates. Offsets "
+    "and pseudonyms are kept in a private folder outside the dataset written."
+)
+
+
 def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> None:
     """Add the metadata scrubbing options (shared by ``bidsdeface`` and ``bidsdeface-convert``)."""
-    scrub = parser.add_argument_group(
-        "metadata scrubbing",
-        "Sidecars keep only keys on a built-in allow-list (acquisition physics, device type; "
-        "see bidsdeface/policy.py), and only values of the type the BIDS schema or DICOM dictionary "
-        "defines whose text passes a conservative screen; participants, sessions and scans tables keep "
-        "only allowed columns, BIDS levels and screened text (failures become n/a); "
-        "ages of 89 and over become 89; NIfTI header text and extensions are removed. Dates are shifted "
-        "by one whole number of days per subject (to 1925 or earlier; times of day are kept) unless "
-        "--drop-dates. Offsets "
-        "and pseudonyms are kept in a private folder outside the dataset written.",
-    )
+    scrub = parser.add_argument_group("metadata scrubbing", SCRUB_DESCRIPTION)
+    _add_keep_options(scrub)
+    _add_private_state_options(scrub, pseudonymize)
+
+
+def _add_keep_options(scrub: argparse._ArgumentGroup) -> None:
+    """Add what a site keeps beyond the built-in allow-lists."""
     scrub.add_argument(
         "--keep-sidecar-keys",
         nargs="+",
@@ -104,6 +153,10 @@ def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> N
         help='site rules as JSON: {"keep_sidecar_keys": [...], "drop_sidecar_keys": [...], "keep_columns": [...], '
         '"keep_column_descriptions": [...], "keep_dataset_fields": [...]} (see README, "Metadata scrubbing")',
     )
+
+
+def _add_private_state_options(scrub: argparse._ArgumentGroup, pseudonymize: bool) -> None:
+    """Dates, pseudonyms and the private folder that keeps their offsets and mappings."""
     scrub.add_argument(
         "--drop-dates", action="store_true", help="remove dates and clock times instead of shifting them"
     )
@@ -131,34 +184,49 @@ def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> N
     )
 
 
+DESCRIPTION = (
+    "De-identify the head scans of a BIDS dataset: register a head template to every "
+    "scan (ANTs, robust to orientation and field of view), remove the face (and "
+    "optionally the ears) while a dilated brain mask is never touched, scrub identifying "
+    "metadata, and write a BIDS-valid derivative dataset. The input is never modified. "
+    "Every scan is checked: metrics, figures, a face detector on surface renders and a "
+    "PASS / WARN / FAIL verdict (sub-<label>/..._qc.json, sub-<label>.html, qc.tsv)."
+)
+EPILOG = (
+    "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
+    "select no scans; 64 usage error; 65 some scans failed or failed QC (those have no image in "
+    "OUTPUT_DIR; the others were written); 66 no "
+    "usable input; 70 internal error; 73 cannot write the output; 143 stopped by SIGTERM (finished scans "
+    "are kept, partial ones removed: run again to complete). "
+    "Examples: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02; "
+    "bidsdeface /data/ds /data/ds-defaced participant --write-slurm-array ~/deface.sbatch; "
+    "bash ~/deface.sbatch"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser (pure: no I/O)."""
-    parser = _Parser(
-        prog="bidsdeface",
-        description=(
-            "De-identify the head scans of a BIDS dataset: register a head template to every "
-            "scan (ANTs, robust to orientation and field of view), remove the face (and "
-            "optionally the ears) while a dilated brain mask is never touched, scrub identifying "
-            "metadata, and write a BIDS-valid derivative dataset. The input is never modified. "
-            "Every scan is checked: metrics, figures, a face detector on surface renders and a "
-            "PASS / WARN / FAIL verdict (sub-<label>/..._qc.json, sub-<label>.html, qc.tsv)."
-        ),
-        epilog=(
-            "Exit codes: 0 ok; 16 input is not valid BIDS; 17 unknown analysis level; 18 the filters "
-            "select no scans; 64 usage error; 65 some scans failed or failed QC (those have no image in "
-            "OUTPUT_DIR; the others were written); 66 no "
-            "usable input; 70 internal error; 73 cannot write the output; 143 stopped by SIGTERM (finished scans "
-            "are kept, partial ones removed: run again to complete). "
-            "Examples: bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02; "
-            "bidsdeface /data/ds /data/ds-defaced participant --write-slurm-array ~/deface.sbatch; "
-            "bash ~/deface.sbatch"
-        ),
-        formatter_class=_HelpFormatter,
+    parser = _Parser(prog="bidsdeface", description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter)
+    _add_inputs(parser)
+    _add_defacing_options(parser)
+    _add_skull_strip_options(parser)
+    _add_run_options(parser)
+    _add_scrub_options(parser, pseudonymize=True)
+    _add_slurm_options(parser)
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
     )
+    parser.add_argument("--version", action="version", version=f"bidsdeface {__version__}")
+    return parser
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """Add the BIDS-App positionals and the filters that choose scans."""
     parser.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="output derivative dataset (created; outside bids_dir)")
     parser.add_argument(
         "analysis_level",
+        type=_analysis_level,
         choices=ANALYSIS_LEVELS,
         help="participant: deface and check scans; group: rebuild qc.tsv, group_report.html (FAIL and "
         "WARN first) and the subject reports from finished participant runs (processes nothing again)",
@@ -191,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         "registered rigidly to a T1w of the same session when there is one (and through it to the template), "
         "otherwise to the template's brain; every frame gets the same mask",
     )
+
+
+def _add_defacing_options(parser: argparse.ArgumentParser) -> None:
+    """How the face is removed, what is protected, and when registration is too poor to trust."""
     parser.add_argument(
         "--method",
         choices=METHODS,
@@ -218,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORE",
         help="scans whose template registration scores lower (0-1) fail instead of being written",
     )
+
+
+def _add_skull_strip_options(parser: argparse.ArgumentParser) -> None:
+    """Add the optional brain masks and brain-only images."""
     strip = parser.add_argument_group(
         "skull stripping",
         "Also write, next to each defaced MRI or CT image, a brain-only image (desc-brain_<suffix>, "
@@ -235,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         "deformable ANTs registration, refined on the scan's intensities. deepbet: a learned model (about 5 s, "
         "needs pip install 'bidsdeface[deepbet]'; weights ship with it, CPU only). Implies --skull-strip",
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Parallelism, scratch space, validation, re-runs and failed scans."""
     parser.add_argument("--nprocs", type=_positive_int, default=1, help="scans processed in parallel")
     parser.add_argument(
         "--omp-nthreads", type=_positive_int, default=2, help="threads per scan for registration (ITK/ANTs)"
@@ -255,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         "figures, for review); with this flag its defaced image, mask and brain outputs are written to "
         "failed/ in the private folder (see --private-dir), at the same relative path, instead of nowhere",
     )
-    _add_scrub_options(parser, pseudonymize=True)
+
+
+def _add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    """Write a SLURM job-array script instead of processing."""
     hpc = parser.add_argument_group(
         "clusters (SLURM)",
         "Write a job-array script instead of processing: one subject per task (from participants.tsv and the "
@@ -293,55 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each task in this container (a .sif file or docker://...) with apptainer, binding the "
         "input read-only and the output and private folders at the same paths",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
-    )
-    parser.add_argument("--version", action="version", version=f"bidsdeface {__version__}")
-    return parser
-
-
-# Options the SLURM script sets per task itself, or must not write down (the key is a secret).
-NOT_PASSED_TO_TASKS = frozenset(
-    {
-        "participant_label",
-        "skip_bids_validation",
-        "nprocs",
-        "omp_nthreads",
-        "date_shift_key",
-        "write_slurm_array",
-        "slurm_max_parallel",
-        "slurm_partition",
-        "slurm_account",
-        "slurm_log_dir",
-        "apptainer_image",
-    }
-)
-
-
-def task_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """Return the options a SLURM task needs to repeat this run: those given, paths made absolute.
-
-    >>> parser = build_parser()
-    >>> args = parser.parse_args(["in", "out", "participant", "--method", "blur", "-vv", "--nprocs", "2"])
-    >>> task_options(parser, args)
-    ['--method', 'blur', '--verbose', '--verbose']
-    """
-    options: list[str] = []
-    for action in parser._actions:
-        if not action.option_strings or action.dest in NOT_PASSED_TO_TASKS or action.default == argparse.SUPPRESS:
-            continue
-        value = getattr(args, action.dest)
-        if value == action.default:
-            continue
-        flag = next(option for option in action.option_strings if option.startswith("--"))
-        if isinstance(action, argparse._StoreTrueAction):
-            options.append(flag)
-        elif isinstance(action, argparse._CountAction):
-            options += [flag] * value
-        else:
-            values = value if isinstance(value, list) else [value]
-            options += [flag, *(str(v.absolute()) if isinstance(v, Path) else str(v) for v in values)]
-    return options
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -428,139 +462,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from .pipeline import check_folders, run_group, run_participant, validate_input
-    from .slurm import ArraySettings, write_array_script
+    bound_threads(args.omp_nthreads)
+    from .pipeline import run_group, run_participant
 
     log.info("bidsdeface %s: %s level", __version__, args.analysis_level)
 
     def work() -> int:
         config = config_from_args(args)
         if args.write_slurm_array is not None:
-            if config.analysis_level != "participant":
-                raise UsageError("--write-slurm-array writes participant-level tasks: give 'participant'")
-            check_folders(config)  # refused now, not in every task
-            validate_input(config)
-            settings = ArraySettings(
-                args.write_slurm_array.absolute(),
-                args.slurm_max_parallel,
-                args.slurm_partition,
-                args.slurm_account,
-                args.apptainer_image,
-                None if args.slurm_log_dir is None else args.slurm_log_dir.absolute(),
-            )
-            write_array_script(config, settings, task_options(parser, args))
-            return EXIT_OK
+            return _write_slurm_array(parser, args, config)
         return run_participant(config) if config.analysis_level == "participant" else run_group(config)
 
     with sigterm_raises():
         return _guarded(work)
 
 
-def build_convert_parser() -> argparse.ArgumentParser:
-    """Return the ``bidsdeface-convert`` parser (pure: no I/O)."""
-    parser = _Parser(
-        prog="bidsdeface-convert",
-        description=(
-            "Convert a DICOM folder (a PACS export: any layout, any file names) into a BIDS dataset "
-            "whose sidecars, tables and file names are already de-identified, ready for "
-            "`bidsdeface BIDS_DIR OUTPUT_DIR participant`. Each series is classified (T1w, T2w, FLAIR, "
-            "PDw, CT, PET) from its DICOM attributes and dcm2niix's guess; localizers, derived images, "
-            "screen captures, dose reports, other body parts and broken series are skipped, and every "
-            "decision is listed with its reason in sub-<label>[_ses-<label>]_conversion.tsv. A folder "
-            "holding several patients or studies is refused unless --map says where each study goes. "
-            "DICOM_DIR is never written to."
-        ),
-        epilog=(
-            "Exit codes: 0 ok; 18 every series was skipped by rule; 64 usage error (e.g. several patients "
-            "without --map); 65 some series failed (the others were written); 66 no DICOM found; 70 "
-            "internal error; 73 cannot write BIDS_DIR. "
-            "Example: bidsdeface-convert /pacs/export/patient7 /data/ds --participant-label 07 --session-label pre"
-        ),
-        formatter_class=_HelpFormatter,
-    )
-    parser.add_argument("dicom_dir", type=Path, help="folder searched recursively for DICOM files (read only)")
-    parser.add_argument("bids_dir", type=Path, help="BIDS dataset to write (created, or added to)")
-    who = parser.add_argument_group(
-        "who is who", "Give labels for a folder with one patient's single study, or a mapping for anything else."
-    )
-    who.add_argument("--participant-label", "--participant_label", default="", metavar="LABEL", help="subject label")
-    who.add_argument("--session-label", "--session_label", default="", metavar="LABEL", help="session label")
-    who.add_argument(
-        "--map",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="TSV with columns study_instance_uid, participant_label and optionally session_label; "
-        "studies without a participant_label are left out",
-    )
-    who.add_argument(
-        "--write-map",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="only list the studies found (with patient identifiers, so keep FILE private) as a mapping "
-        "to fill in, then exit",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace subjects or sessions already converted")
-    parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
-    _add_scrub_options(parser, pseudonymize=False)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug output and tracebacks")
-    parser.add_argument("--version", action="version", version=f"bidsdeface-convert {__version__}")
-    return parser
-
-
-def convert_config_from_args(args: argparse.Namespace) -> ConvertConfig:
-    """Build the frozen conversion configuration from parsed arguments.
+def _write_slurm_array(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Config) -> int:
+    """Check the folders and the input once, then write the job-array script instead of processing.
 
     Raises
     ------
     UsageError
-        Labels and mapping are missing, invalid or given together.
+        The analysis level is not ``participant``, or a folder is refused.
     """
-    from .convert import check_label
+    from .pipeline import check_folders, validate_input
+    from .slurm import ArraySettings, task_options, write_array_script
 
-    if args.map is not None and (args.participant_label or args.session_label):
-        raise UsageError("give either --participant-label/--session-label or --map, not both")
-    if args.map is None and args.write_map is None and not args.participant_label:
-        raise UsageError("--participant-label is required (or --map for a folder with several studies)")
-    return ConvertConfig(
-        dicom_dir=args.dicom_dir.absolute(),
-        output_dir=args.bids_dir.absolute(),
-        participant_label=check_label(args.participant_label, "participant") if args.participant_label else "",
-        session_label=check_label(args.session_label, "session") if args.session_label else "",
-        mapping=None if args.map is None else args.map.absolute(),
-        overwrite=args.overwrite,
-        work_dir=None if args.work_dir is None else args.work_dir.absolute(),
-        **_scrub_settings(args),
+    if config.analysis_level != "participant":
+        raise UsageError("--write-slurm-array writes participant-level tasks: give 'participant'")
+    check_folders(config)  # refused now, not in every task
+    validate_input(config)
+    settings = ArraySettings(
+        args.write_slurm_array.absolute(),
+        args.slurm_max_parallel,
+        args.slurm_partition,
+        args.slurm_account,
+        args.apptainer_image,
+        None if args.slurm_log_dir is None else args.slurm_log_dir.absolute(),
     )
-
-
-def convert_main(argv: Sequence[str] | None = None) -> int:
-    """Run ``bidsdeface-convert``; return the exit code (never raises for bad input)."""
-    args = build_convert_parser().parse_args(argv)
-    _configure_logging(args.verbose)
-    from .convert import check_paths, convert, write_mapping_template
-    from .dicom import scan_dicom_folder
-
-    log.info("bidsdeface-convert %s", __version__)
-
-    def work() -> int:
-        if args.write_map is not None:
-            config = ConvertConfig(args.dicom_dir.absolute(), args.bids_dir.absolute(), participant_label="x")
-            check_paths(config)
-            studies = write_mapping_template(scan_dicom_folder(config.dicom_dir), args.write_map.absolute(), config)
-            log.info(
-                "wrote %d study(ies) to the mapping %s: it holds identifiers, keep it private", studies, args.write_map
-            )
-            return EXIT_OK
-        result = convert(convert_config_from_args(args))
-        converted, skipped, failed = (result.count(d) for d in ("converted", "skipped", "failed"))
-        log.info("finished: %d series converted, %d skipped by rule, %d failed", converted, skipped, failed)
-        return EXIT_DATA if failed else EXIT_OK
-
-    with sigterm_raises():
-        return _guarded(work)
+    write_array_script(config, settings, task_options(parser, args))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

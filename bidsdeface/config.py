@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,19 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct", "pet")
 DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct", "pet")
 METHODS: tuple[str, ...] = ("zero", "blur")
 SKULL_STRIP_METHODS: tuple[str, ...] = ("template", "deepbet")
+# Environment variables the command line reads (the SLURM script passes the key on through the first).
+DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
+CONTAINER_IMAGE_ENV = "BIDSDEFACE_CONTAINER_IMAGE"
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
+def bound_threads(threads: int) -> None:
+    """Let ITK (ANTs registration, resampling) use at most ``threads`` threads in this process.
+
+    ITK reads the variable when it first starts threads, so the command line calls this
+    before it imports the stages, and each pool worker when it starts.
+    """
+    os.environ[ITK_THREADS_ENV] = str(threads)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ decision and reason, and no identifying value.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 import uuid
@@ -23,14 +22,14 @@ from typing import Any
 import nibabel as nib
 
 from . import __version__
+from .bidsnames import BIDS_VERSION, clean_label, join_bids_name
 from .classify import Decision, classify_series, decide_with_guess
 from .config import ConvertConfig
-from .derivatives import BIDS_VERSION, TEMP_PREFIX, join_bids_name, write_bytes_atomic, write_json_atomic
 from .dicom import Inventory, Series, scan_dicom_folder
 from .errors import NoFilesError, NoInputError, OutputError, ScanError, ToolError, UsageError
+from .files import MISSING, TEMP_PREFIX, Table, read_json_object, write_bytes_atomic, write_json_atomic
 from .identity import private_folder, resolve_identity
-from .jsonfiles import read_json_object
-from .scrub import MISSING, Table, scrub_modality, scrub_nifti_header, scrub_sidecar, shift_clock_text
+from .scrub import scrub_modality, scrub_nifti_header, scrub_sidecar, shift_clock_text
 from .tools import run
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ Each subject (or session) folder holds a *_conversion.tsv listing every DICOM
 series found, what became of it and why.
 """
 DCM2NIIX_TIMEOUT_S = 900
-LABEL = re.compile(r"[A-Za-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -117,8 +115,24 @@ def outcome_of(series: Series, decision: str, reason: str, output: str = "") -> 
     return SeriesOutcome(series.number, series.header.modality, len(series.files), decision, output, reason)
 
 
-@dataclass
-class _Converted:
+@dataclass(frozen=True)
+class ConvertedSeries:
+    """A series dcm2niix converted, ready to be named, scrubbed and written.
+
+    Attributes
+    ----------
+    series : Series
+        The DICOM series.
+    decision : Decision
+        Its classification, refined by dcm2niix's BIDS guess.
+    image : Path
+        The NIfTI image dcm2niix wrote (in the scratch folder).
+    sidecar : dict
+        dcm2niix's sidecar, not yet scrubbed.
+    note : str
+        What dcm2niix corrected (gantry tilt, slice spacing), or ``""``.
+    """
+
     series: Series
     decision: Decision
     image: Path
@@ -126,20 +140,12 @@ class _Converted:
     note: str
 
 
-def check_label(label: str, what: str) -> str:
-    """Return ``label`` without its prefix, or raise UsageError if BIDS does not allow it.
+class SeriesNotConverted(Exception):
+    """A series is skipped or failed at conversion; ``outcome`` is its report row (never leaves this module)."""
 
-    >>> check_label("sub-01", "participant")
-    '01'
-    >>> check_label("0 1", "participant")
-    Traceback (most recent call last):
-    bidsdeface.errors.UsageError: participant label '0 1' must be letters and digits only
-    """
-    prefix = "sub-" if what == "participant" else "ses-"
-    cleaned = label.strip().removeprefix(prefix)
-    if not LABEL.fullmatch(cleaned):
-        raise UsageError(f"{what} label {label!r} must be letters and digits only")
-    return cleaned
+    def __init__(self, outcome: SeriesOutcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -209,8 +215,8 @@ def read_mapping(path: Path) -> dict[str, Target]:
             continue
         session = cells.get("session_label", "").strip()
         mapping[cells["study_instance_uid"].strip()] = Target(
-            check_label(participant, "participant"),
-            "" if session in ("", MISSING) else check_label(session, "session"),
+            clean_label(participant, "sub"),
+            "" if session in ("", MISSING) else clean_label(session, "ses"),
         )
     if not mapping:
         raise UsageError(f"{path}: no study has a participant_label")
@@ -296,8 +302,17 @@ def _pick_image(images: list[Path], series: Series) -> tuple[Path | None, str]:
     return None, f"dcm2niix split the series into {len(images)} images (echoes, phases or stacks)"
 
 
-def convert_series(series: Series, decision: Decision, work: Path) -> _Converted | SeriesOutcome:
-    """Convert one series with dcm2niix in ``work``; return the result or why it failed."""
+def convert_series(series: Series, decision: Decision, work: Path) -> ConvertedSeries:
+    """Convert one series with dcm2niix in ``work``.
+
+    Raises
+    ------
+    SeriesNotConverted
+        dcm2niix failed or wrote no usable image, or its guess says the series is not one to keep;
+        the exception carries the report row.
+    ScanError
+        dcm2niix's sidecar is not a JSON object.
+    """
     source, out = work / "dicom", work / "nifti"
     _link_series(series, source)
     out.mkdir()
@@ -307,27 +322,30 @@ def convert_series(series: Series, decision: Decision, work: Path) -> _Converted
             timeout=DCM2NIIX_TIMEOUT_S,
         )
     except ToolError as exc:
-        code = re.search(r"exit code (-?\d+)", str(exc))
-        shown = code.group(1) if code else "unknown"
-        return outcome_of(series, "failed", f"dcm2niix could not convert it (exit code {shown})")
+        shown = "unknown" if exc.returncode is None else exc.returncode
+        raise _refused(series, "failed", f"dcm2niix could not convert it (exit code {shown})") from exc
     image, note = _pick_image(sorted(out.glob("series*.nii.gz")), series)
     sidecar_path = out / "series.json"
     if image is None:
-        return outcome_of(series, "failed", note or "dcm2niix wrote no image")
+        raise _refused(series, "failed", note or "dcm2niix wrote no image")
     if not sidecar_path.is_file():
-        return outcome_of(series, "failed", "dcm2niix wrote no sidecar")
+        raise _refused(series, "failed", "dcm2niix wrote no sidecar")
     sidecar = read_json_object(sidecar_path, ScanError)
     decision = decide_with_guess(decision, sidecar.get("BidsGuess"))
     if not decision.suffix:
-        return outcome_of(series, "skipped", decision.reason)
+        raise _refused(series, "skipped", decision.reason)
     shape = nib.load(image).shape
     volumes = shape[3] if len(shape) > 3 else 1
     if volumes > 1 and decision.suffix != "pet":
-        return outcome_of(series, "failed", f"{volumes} volumes: not a single structural image")
-    return _Converted(series, decision, image, sidecar, note)
+        raise _refused(series, "failed", f"{volumes} volumes: not a single structural image")
+    return ConvertedSeries(series, decision, image, sidecar, note)
 
 
-def _names(converted: list[_Converted], target: Target) -> list[str]:
+def _refused(series: Series, decision: str, reason: str) -> SeriesNotConverted:
+    return SeriesNotConverted(outcome_of(series, decision, reason))
+
+
+def _names(converted: list[ConvertedSeries], target: Target) -> list[str]:
     """Dataset-relative image paths: ``acq-`` when one suffix mixes acquisition kinds, ``run-`` when repeated."""
     names = []
     for item in converted:
@@ -344,12 +362,11 @@ def _names(converted: list[_Converted], target: Target) -> list[str]:
     return names
 
 
-def _write_image(item: _Converted, relpath: str, stage: Path, config: ConvertConfig, offset: Any) -> None:
+def _write_image(item: ConvertedSeries, relpath: str, stage: Path, config: ConvertConfig, offset: Any) -> None:
     """Write one scrubbed image and sidecar below ``stage``."""
     modality = scrub_modality(item.decision.suffix, item.decision.datatype)
     clean, _ = scrub_sidecar(item.sidecar, modality, config.scrub_policy, offset)
-    image = nib.load(item.image)
-    scrub_nifti_header(image)
+    image, _ = scrub_nifti_header(nib.load(item.image))
     path = stage / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, path)
@@ -365,21 +382,18 @@ def _acq_time(series: Series, offset: Any) -> str:
 def convert_target(config: ConvertConfig, target: Target, members: list[Series], scratch: Path) -> list[SeriesOutcome]:
     """Convert the series of one participant (or session) into a staged folder, then move it into place."""
     outcomes: dict[str, SeriesOutcome] = {}
-    converted: list[_Converted] = []
+    converted: list[ConvertedSeries] = []
     for series in members:
         decision = classify_series(series.header)
         if not decision.kept:
-            outcome = outcome_of(series, "skipped", decision.reason)
+            outcomes[series.uid] = outcome_of(series, "skipped", decision.reason)
         elif series.problems:
-            outcome = outcome_of(series, "failed", "; ".join(series.problems))
+            outcomes[series.uid] = outcome_of(series, "failed", "; ".join(series.problems))
         else:
-            result = convert_series(series, decision, scratch / uuid.uuid4().hex)
-            if isinstance(result, SeriesOutcome):
-                outcome = result
-            else:
-                converted.append(result)
-                continue
-        outcomes[series.uid] = outcome
+            try:
+                converted.append(convert_series(series, decision, scratch / uuid.uuid4().hex))
+            except SeriesNotConverted as refused:
+                outcomes[series.uid] = refused.outcome
     converted.sort(key=lambda c: (c.decision.suffix, c.series.number, c.series.uid))
     if converted:
         _write_target(config, target, converted, outcomes, [s.uid for s in members])
@@ -402,7 +416,7 @@ def convert_target(config: ConvertConfig, target: Target, members: list[Series],
 def _write_target(
     config: ConvertConfig,
     target: Target,
-    converted: list[_Converted],
+    converted: list[ConvertedSeries],
     outcomes: dict[str, SeriesOutcome],
     order: list[str],
 ) -> None:
@@ -448,8 +462,8 @@ def _move_into_place(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_dataset_files(config: ConvertConfig) -> None:
-    """Create the dataset's description, README and ``.bidsignore`` if missing; add our ignore patterns."""
+def write_raw_dataset_files(config: ConvertConfig) -> None:
+    """Create the raw dataset's description, README and ``.bidsignore`` if missing; add our ignore patterns."""
     output = config.output_dir
     description = output / "dataset_description.json"
     if not description.is_file():
@@ -474,8 +488,8 @@ def write_dataset_files(config: ConvertConfig) -> None:
         write_bytes_atomic(ignore, ("\n".join(wanted) + "\n").encode())
 
 
-def write_participants(output: Path) -> None:
-    """Rebuild ``participants.tsv``: existing rows kept, a row added for every subject folder."""
+def write_raw_participants(output: Path) -> None:
+    """Rebuild the raw dataset's ``participants.tsv``: existing rows kept, a row added for every subject folder."""
     path = output / "participants.tsv"
     table = Table.parse(path.read_text(encoding="utf-8-sig")) if path.is_file() else Table(("participant_id",), ())
     present = {row[0] for row in table.rows}
@@ -512,18 +526,7 @@ def convert(
         without a mapping, or the output folder cannot be used.
     """
     check_paths(config)
-    inventory = scan_dicom_folder(config.dicom_dir)
-    if inventory.not_dicom:
-        log.info("%d file(s) are not DICOM images and were ignored", inventory.not_dicom)
-    if inventory.unreadable:
-        log.warning("%d DICOM file(s) could not be read (truncated or corrupt) and were ignored", inventory.unreadable)
-    if not inventory.series:
-        raise NoInputError(f"{config.dicom_dir}: no readable DICOM series found")
-    targets = assign_studies(config, inventory)
-    by_target: dict[Target, list[Series]] = {}
-    for series in inventory.series:
-        if series.study_uid in targets:
-            by_target.setdefault(targets[series.study_uid], []).append(series)
+    by_target = _series_by_target(config)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, list[SeriesOutcome]] = {}
     with tempfile.TemporaryDirectory(prefix="bidsdeface-convert-", dir=config.work_dir) as scratch:
@@ -537,11 +540,36 @@ def convert(
                 on_target(target.relpath, rows)
     result = ConversionResult(outcomes)
     if result.count("converted"):
-        write_dataset_files(config)
-        write_participants(config.output_dir)
+        write_raw_dataset_files(config)
+        write_raw_participants(config.output_dir)
     if outcomes and not result.count("converted"):
         failed = result.count("failed")
         if failed:
             raise ScanError(f"no series could be converted: {failed} failed (each reason is logged above)")
         raise NoFilesError("no series to convert: every series was skipped by rule (each reason is logged above)")
     return result
+
+
+def _series_by_target(config: ConvertConfig) -> dict[Target, list[Series]]:
+    """Read DICOM_DIR and group its series by the folder each goes to (studies left out of a mapping dropped).
+
+    Raises
+    ------
+    NoInputError
+        No readable DICOM series.
+    UsageError
+        The patients or studies cannot be told apart without a mapping (see :func:`assign_studies`).
+    """
+    inventory = scan_dicom_folder(config.dicom_dir)
+    if inventory.not_dicom:
+        log.info("%d file(s) are not DICOM images and were ignored", inventory.not_dicom)
+    if inventory.unreadable:
+        log.warning("%d DICOM file(s) could not be read (truncated or corrupt) and were ignored", inventory.unreadable)
+    if not inventory.series:
+        raise NoInputError(f"{config.dicom_dir}: no readable DICOM series found")
+    targets = assign_studies(config, inventory)
+    by_target: dict[Target, list[Series]] = {}
+    for series in inventory.series:
+        if series.study_uid in targets:
+            by_target.setdefault(targets[series.study_uid], []).append(series)
+    return by_target

@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import Config
 from .errors import InputValidationError, NoFilesError, NoInputError, ScanError
-from .jsonfiles import read_json_object
+from .files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,6 @@ class ScanJob:
     suffix: str
     datatype: str
     anatomical: str = ""
-
-
-def clean_label(label: str, prefix: str) -> str:
-    """Strip an optional ``sub-``/``ses-`` prefix.
-
-    >>> clean_label("sub-01", "sub")
-    '01'
-    >>> clean_label("01", "sub")
-    '01'
-    """
-    label = label.strip()
-    return label[len(prefix) + 1 :] if label.startswith(f"{prefix}-") else label
 
 
 def read_dataset_description(bids_dir: Path) -> dict[str, Any]:

@@ -39,6 +39,12 @@ class UsageError(BidsDefaceError):
     exit_code = EXIT_USAGE
 
 
+class UnknownLevelError(BidsDefaceError):
+    """The analysis level is not one this app has (``participant``, ``group``)."""
+
+    exit_code = EXIT_UNKNOWN_LEVEL
+
+
 class InputValidationError(BidsDefaceError):
     """The input dataset failed BIDS validation."""
 
@@ -84,9 +90,26 @@ class PrivateStateError(BidsDefaceError):
 
 
 class ToolError(BidsDefaceError):
-    """An external program failed; the message names it, its version and stderr tail."""
+    """An external program failed; the message names it, its version and stderr tail.
+
+    Attributes
+    ----------
+    returncode : int or None
+        The program's exit code when it ran and exited with a code it should not
+        have; None when it was missing, could not start, timed out or did not
+        write what it should.
+
+    >>> ToolError("dcm2niix: exit code 2: bad", returncode=2).returncode
+    2
+    >>> print(ToolError("dcm2niix: not found on PATH").returncode)
+    None
+    """
 
     exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, *, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class Terminated(SystemExit):

@@ -23,10 +23,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .bidsnames import join_bids_name, split_bids_name
 from .config import Config, ConvertConfig
-from .derivatives import join_bids_name, output_lock, split_bids_name, write_bytes_atomic
 from .errors import PrivateStateError
-from .jsonfiles import read_json_object
+from .files import output_lock, read_json_object, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

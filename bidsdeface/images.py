@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ScanError
+from .volumes import block_expanded, largest_component
 
 MIN_HEAD_EXTENT_MM = 60.0
 MAX_HEAD_EXTENT_MM = 450.0
@@ -230,52 +231,6 @@ def _summary_volume(volumes: np.ndarray, frame_durations: object) -> tuple[np.nd
     return np.tensordot(volumes, weights.astype(np.float32), axes=([3], [0])), f"time-weighted mean of {count} frames"
 
 
-def block_expanded(coarse: np.ndarray, block: list[int], shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``coarse`` (one value per block of ``block`` voxels) on the fine grid of ``shape``.
-
-    >>> block_expanded(np.array([[[1], [2]]]), [1, 2, 1], (1, 3, 1)).ravel().tolist()
-    [1, 1, 2]
-    """
-    nearest = [np.minimum(np.arange(n) // b, c - 1) for n, b, c in zip(shape, block, coarse.shape, strict=True)]
-    return coarse[np.ix_(*nearest)]
-
-
-def block_factors(zooms: tuple[float, ...], target_mm: float) -> list[int]:
-    """Return how many voxels along each axis make a block no larger than ``target_mm`` (at least 1)."""
-    return [max(1, int(target_mm // z)) for z in zooms]
-
-
-def block_grid(shape: tuple[int, ...], affine: np.ndarray, block: list[int]) -> tuple[tuple[int, ...], np.ndarray]:
-    """Return the shape and affine of the grid whose voxels are whole blocks of ``block`` voxels.
-
-    The last block along an axis may be partial; each block's voxel centre is its full block's centre.
-    """
-    scale = np.diag([*block, 1]).astype(float)
-    scale[:3, 3] = [(b - 1) / 2 for b in block]
-    return tuple(-(-n // b) for n, b in zip(shape[:3], block, strict=True)), affine @ scale
-
-
-def block_mean(volume: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Average ``volume`` over whole blocks of voxels no larger than ``target_mm``; return it and its affine.
-
-    A fast, anti-aliased first step before resampling a fine image (a 0.5 mm CT) to a
-    coarse grid: each axis is reduced by ``floor(target_mm / voxel size)`` (at least 1);
-    trailing voxels that do not fill a block are dropped.
-
-    >>> small, affine = block_mean(np.arange(16.0).reshape(4, 4, 1), np.diag([0.5, 1.0, 1.0, 1.0]), 1.0)
-    >>> small[:, :, 0].tolist(), affine[0].tolist()
-    ([[2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 12.0, 13.0]], [1.0, 0.0, 0.0, 0.25])
-    """
-    factors = block_factors(tuple(np.linalg.norm(affine[:3, :3], axis=0)), target_mm)
-    if factors == [1, 1, 1]:
-        return volume, affine
-    kept = [n - n % f for n, f in zip(volume.shape, factors, strict=True)]
-    blocks = volume[: kept[0], : kept[1], : kept[2]].reshape(
-        kept[0] // factors[0], factors[0], kept[1] // factors[1], factors[1], kept[2] // factors[2], factors[2]
-    )
-    return blocks.mean(axis=(1, 3, 5), dtype=np.float32), block_grid(tuple(kept), affine, factors)[1]
-
-
 def neighbour_correlation(volume: np.ndarray) -> float:
     """Return the mean correlation of each voxel with its neighbour along each axis.
 
@@ -356,12 +311,9 @@ def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: 
     radius = np.maximum(1, np.round(HEAD_CLOSING_MM / np.asarray(zooms)).astype(int))
     structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
     foreground = ndimage.binary_opening(foreground, structure=np.ones((3, 3, 3), bool))
-    labels, count = ndimage.label(foreground)
-    if count == 0:
+    if not foreground.any():
         return foreground
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    largest = labels == int(np.argmax(sizes))
+    largest = largest_component(foreground)
     closed = ndimage.binary_closing(np.pad(largest, radius[:, None]), structure=structure)
     closed = closed[tuple(slice(r, -r) for r in radius)]
     filled = ndimage.binary_fill_holes(closed)
@@ -538,7 +490,7 @@ def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensiti
     minimum = float(volume.min())
     values = volume[volume > minimum]
     values = values if values.size else volume.ravel()
-    ceiling = float(values.max()) if values.min() < values.max() and _is_clamp(volume, float(values.max())) else None
+    ceiling = _clamped_maximum(volume, values)
     low, top = (float(v) for v in np.percentile(values, [0.0, 99.9]))
     air = float(np.round(_histogram_peak(_above(values, -np.inf, ceiling), CT_HISTOGRAM_BINS), 3))
     tissue_values = _above(values, air + CT_TISSUE_ABOVE_AIR * (top - air), ceiling)
@@ -550,10 +502,40 @@ def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensiti
     if tissue_values.size == 0 or top <= low:
         raise ScanError(f"{source}: no soft tissue above the air in the CT histogram; not a CT head image")
     soft_tissue = float(np.round(_histogram_peak(tissue_values, CT_HISTOGRAM_BINS), 3))
+    return CtIntensities(_hounsfield_storage(storage, air, soft_tissue), air, soft_tissue)
+
+
+def _clamped_maximum(volume: np.ndarray, values: np.ndarray) -> float | None:
+    """Return the maximum of ``values`` when many voxels of ``volume`` hold it (bone clamped at a window's top).
+
+    None when the maximum is held by a few voxels only, or all values are equal.
+
+    >>> volume = np.zeros((10, 10, 10)); volume[:, :, 5:] = 40; volume[:, :, 8:] = 255
+    >>> _clamped_maximum(volume, volume.ravel())
+    255.0
+    >>> volume[0, 0, 0] = 1200  # one voxel
+    >>> _clamped_maximum(volume, volume.ravel()) is None
+    True
+    """
+    if values.min() < values.max() and _is_clamp(volume, float(values.max())):
+        return float(values.max())
+    return None
+
+
+def _hounsfield_storage(storage: str, air: float, soft_tissue: float) -> str:
+    """Return ``HU`` or ``HU+1024`` when a rescaled CT's air and soft tissue are where Hounsfield units put them.
+
+    Any other ``storage``, or a gap or air level that fits neither, gives ``storage`` back.
+
+    >>> _hounsfield_storage("rescaled", -1000.0, 40.0), _hounsfield_storage("rescaled", 24.0, 1064.0)
+    ('HU', 'HU+1024')
+    >>> _hounsfield_storage("rescaled", 0.0, 100.0), _hounsfield_storage("windowed", -1000.0, 40.0)
+    ('rescaled', 'windowed')
+    """
     plain_gap = HU_SOFT_TISSUE - HU_AIR
     if storage == "rescaled" and abs((soft_tissue - air) - plain_gap) <= CT_GAP_TOLERANCE * plain_gap:
         if abs(air - HU_AIR) <= CT_AIR_TOLERANCE_HU:
-            return CtIntensities("HU", air, soft_tissue)
+            return "HU"
         if abs(air - (HU_AIR + HU_OFFSET)) <= CT_AIR_TOLERANCE_HU:
-            return CtIntensities("HU+1024", air, soft_tissue)
-    return CtIntensities(storage, air, soft_tissue)
+            return "HU+1024"
+    return storage

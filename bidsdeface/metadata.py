@@ -14,11 +14,11 @@ from typing import Any
 
 from . import __version__
 from .config import Config
-from .derivatives import defaced_name, write_bytes_atomic, write_json_atomic
+from .derivatives import defaced_name
 from .errors import ScanError
+from .files import Table, read_json_object, write_bytes_atomic, write_json_atomic
 from .identity import SubjectIdentity, known_identity
-from .jsonfiles import read_json_object
-from .scrub import ScrubReport, Table, scrub_column_descriptions, scrub_table
+from .scrub import ScrubReport, scrub_column_descriptions, scrub_table
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def write_subject_tables(config: Config, identity: SubjectIdentity) -> dict[str,
         def scan_row(filename: str, folder_rel: str = folder_rel, folder_out: Path = folder_out) -> str | None:
             renamed = identity.output_relpath(f"{folder_rel}/{filename}")
             try:
-                defaced = (Path(renamed).parent / defaced_name(Path(renamed).name)).as_posix()
+                # named as the pipeline writes it: every defaced image is .nii.gz
+                defaced = (Path(renamed).parent / defaced_name(Path(renamed).name, ".nii.gz")).as_posix()
             except ValueError:
                 return None
             relative = Path(defaced).relative_to(Path(identity.output_relpath(folder_rel))).as_posix()
@@ -164,6 +165,17 @@ def write_participants(config: Config) -> ScrubReport | None:
     )
 
 
+def _earlier_file_records(path: Path) -> dict[str, Any]:
+    """Return the ``Files`` of the scrub record at ``path``: empty when there is none or it is corrupt (replaced)."""
+    if not path.is_file():
+        return {}
+    try:
+        files = json.loads(path.read_text()).get("Files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(files) if isinstance(files, dict) else {}
+
+
 def write_scrub_record(
     config: Config,
     identity: SubjectIdentity,
@@ -171,12 +183,7 @@ def write_scrub_record(
 ) -> Path:
     """Merge ``file_records`` (output name -> what was done) into the subject's scrub record."""
     path = scrub_record_path(config.output_dir, identity)
-    files: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            files = dict(json.loads(path.read_text()).get("Files", {}))
-        except (OSError, ValueError, AttributeError):
-            files = {}
+    files = _earlier_file_records(path)
     files.update(file_records)
     record = {
         "Description": SCRUB_RECORD_DESCRIPTION,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import re
 import tempfile
 import time
@@ -12,29 +11,14 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
-from . import __version__
-from .config import Config
-from .deface import DefaceResult, deface_image, real_values, stored_data
+from .config import Config, bound_threads
+from .deface import DefaceResult, deface_image
 from .derivatives import (
-    FAILED_FOLDER,
-    StagedFiles,
-    brain_mask_name,
-    defaced_name,
     deidentification,
-    described_name,
-    figure_name,
-    mask_name,
-    output_lock,
-    prepare_failed_folder,
-    remove_stale_temporaries,
-    staged_files,
     write_dataset_files,
 )
 from .discover import ScanJob, find_scans, read_dataset_description, read_metadata
@@ -48,6 +32,7 @@ from .errors import (
     UsageError,
     library_messages_to_debug,
 )
+from .files import output_lock, remove_stale_temporaries, staged_files
 from .identity import (
     SubjectIdentity,
     needs_private_folder,
@@ -56,9 +41,20 @@ from .identity import (
     resolve_identity,
 )
 from .images import CtIntensities, Scan, brain_threshold, ct_intensities, foreground_threshold, load_scan
+from .masks import scan_masks, with_brain_protected
 from .metadata import write_dataset_scrub_record, write_participants, write_scrub_record, write_subject_tables
-from .qc import ScanQc, check_scan, limits_record
-from .register import Registration, register_template, register_through_anatomical, scan_masks
+from .outputs import (
+    STAGES,
+    BrainContent,
+    OutputPaths,
+    ScanContent,
+    image_destination,
+    stage_completion,
+    stage_figures,
+    stage_images,
+)
+from .qc import ScanQc, check_scan
+from .register import Registration, register_template, register_through_anatomical
 from .report import QcSummary, refresh_subject_report, write_group_files, write_subject_report
 from .scrub import (
     ScrubReport,
@@ -68,15 +64,10 @@ from .scrub import (
     scrub_nifti_header,
     scrub_sidecar,
 )
-from .skullstrip import (
-    BrainExtraction,
-    brain_only_image,
-    extract_brain,
-    learned_method_available,
-    with_brain_protected,
-)
+from .skullstrip import BrainExtraction, brain_only_image, extract_brain, learned_method_available
 from .templates import Template, load_template
 from .tools import run
+from .volumes import mask_image_like, real_values, stored_data
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +93,11 @@ class ScanOutcome:
     message : str
         One line: the error for failures.
     metrics : dict
-        QC metrics (see :func:`bidsdeface.qc.check_scan`) and ``scrub``: what
-        scrubbing removed or changed (names only).
+        QC metrics (see :func:`bidsdeface.qc.check_scan`).
+    method : dict
+        How the scan was processed (the QC record's ``Method``).
+    scrub : dict
+        What scrubbing removed or changed, by output sidecar (names only).
     seconds : dict
         Wall seconds per stage.
     qc_status : str
@@ -119,145 +113,29 @@ class ScanOutcome:
     status: str
     message: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    scrub: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     qc_status: str = ""
     qc_reasons: tuple[str, ...] = ()
     kept: str = ""
 
 
-@dataclass(frozen=True)
-class BrainPaths:
-    """The skull-strip outputs of one scan: brain-only image, brain mask, their sidecars, the figure."""
-
-    image: Path
-    sidecar: Path
-    mask: Path
-    mask_sidecar: Path
-    figure: Path
-
-    def files(self) -> tuple[Path, ...]:
-        """Every file, figure included."""
-        return (self.image, self.sidecar, self.mask, self.mask_sidecar, self.figure)
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    """The final files of one scan; the sidecar is written last and marks completion.
-
-    ``brain`` names the skull-strip outputs; ``skull_stripped`` says whether this run writes them.
-    """
-
-    image: Path
-    sidecar: Path
-    mask: Path
-    mask_sidecar: Path
-    qc: Path
-    mosaic: Path
-    render: Path
-    brain: BrainPaths | None = None
-    skull_stripped: bool = False
-
-    @classmethod
-    def for_job(cls, config: Config, job: ScanJob, identity: SubjectIdentity) -> OutputPaths:
-        """Return the output paths of ``job`` (with the subject's output labels)."""
-        relpath = Path(identity.output_relpath(job.relpath))
-        folder = config.output_dir / relpath.parent
-        # BIDS has defacemasks in anat/ only; mod-<suffix> names the scan they belong to
-        mask_folder = folder.parent / "anat"
-        name = relpath.name
-        brain = BrainPaths(
-            image=folder / described_name(name, "brain", ".nii.gz"),
-            sidecar=folder / described_name(name, "brain", ".json"),
-            mask=folder / brain_mask_name(name, ".nii.gz"),
-            mask_sidecar=folder / brain_mask_name(name, ".json"),
-            figure=figure_name(config.output_dir, relpath, "brain"),
-        )
-        return cls(
-            image=folder / defaced_name(name, ".nii.gz"),
-            sidecar=folder / defaced_name(name, ".json"),
-            mask=mask_folder / mask_name(name, ".nii.gz"),
-            mask_sidecar=mask_folder / mask_name(name, ".json"),
-            qc=folder / defaced_name(name, "_qc.json"),
-            mosaic=figure_name(config.output_dir, relpath, "mosaic"),
-            render=figure_name(config.output_dir, relpath, "render"),
-            brain=brain,
-            skull_stripped=skull_strips(config, job),
-        )
-
-    def complete(self) -> bool:
-        """Return whether every output exists (a finished scan).
-
-        A scan that failed QC is never complete (its sidecar is not in the output),
-        so every run processes it again.
-        """
-        brain = self.brain.files() if self.brain is not None and self.skull_stripped else ()
-        return all(p.is_file() for p in (self.image, self.sidecar, self.mask, self.mask_sidecar, self.qc, *brain))
-
-    def image_files(self) -> tuple[Path, ...]:
-        """Return the images and their sidecars, completion marker first (not the QC record or figures)."""
-        brain = self.brain
-        extra = () if brain is None else (brain.sidecar, brain.image, brain.mask_sidecar, brain.mask)
-        return (self.sidecar, self.image, self.mask_sidecar, self.mask, *extra)
-
-    def relocated(self, output_dir: Path, root: Path) -> OutputPaths:
-        """Return these paths with the images and sidecars moved from ``output_dir`` to the same place below ``root``.
-
-        The QC record and figures stay where they are.
-        """
-
-        def moved(path: Path) -> Path:
-            return root / path.relative_to(output_dir)
-
-        brain = self.brain
-        if brain is not None:
-            brain = replace(
-                brain,
-                image=moved(brain.image),
-                sidecar=moved(brain.sidecar),
-                mask=moved(brain.mask),
-                mask_sidecar=moved(brain.mask_sidecar),
-            )
-        return replace(
-            self,
-            image=moved(self.image),
-            sidecar=moved(self.sidecar),
-            mask=moved(self.mask),
-            mask_sidecar=moved(self.mask_sidecar),
-            brain=brain,
-        )
-
-    def stale_brain_files(self) -> list[Path]:
-        """Skull-strip outputs of an earlier run that this run does not write (removed when it redoes the scan)."""
-        if self.brain is None or self.skull_stripped:
-            return []
-        return [path for path in self.brain.files() if path.is_file()]
-
-
-def skull_strips(config: Config, job: ScanJob) -> bool:
-    """Return whether this run skull-strips ``job`` (asked for, and not PET)."""
-    return config.skull_strip and job.suffix != "pet"
-
-
 class _Timer:
+    """Wall seconds of each stage (:data:`bidsdeface.outputs.STAGES`) of one scan, in the order they ran."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if name not in STAGES:
+            raise ValueError(f"{name}: not a stage")
         started = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 2)
-
-
-def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
-    """Return ``mask`` as a uint8 image with ``like``'s affine and qform/sform codes."""
-    image = nib.Nifti1Image(mask.astype(np.uint8), like.affine)
-    image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
-    image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
-    image.header.set_xyzt_units(*like.header.get_xyzt_units())
-    return image
 
 
 def failure_cause(exc: BaseException) -> str:
@@ -310,8 +188,53 @@ def _output_name(identity: SubjectIdentity, relpath: str) -> str:
         return "<input file>"
 
 
+@dataclass(frozen=True)
+class LoadedScan:
+    """A scan and what processing it needs, read from the input.
+
+    Attributes
+    ----------
+    metadata : dict
+        The scan's sidecar metadata (BIDS inheritance applied), not yet scrubbed.
+    scan : Scan
+        The scan.
+    template : Template
+        The bundled template.
+    ct : CtIntensities or None
+        How a CT stores its intensities; None for other scans.
+    anatomical : Scan or None
+        The same-session T1w a PET is registered through.
+    """
+
+    metadata: dict[str, Any]
+    scan: Scan
+    template: Template
+    ct: CtIntensities | None
+    anatomical: Scan | None
+
+    @property
+    def background(self) -> float:
+        """The value of air in real units: what removed voxels become."""
+        return 0.0 if self.ct is None else self.ct.air
+
+
+@dataclass(frozen=True)
+class DefacedScan:
+    """What the computing stages made of one scan (nothing written yet)."""
+
+    loaded: LoadedScan
+    registration: Registration
+    brain: BrainExtraction | None
+    result: DefaceResult
+    quality: ScanQc
+
+
 def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> ScanOutcome:
     """Deface and scrub one scan and write its derivatives; never raises for bad data.
+
+    The stages run in order (:data:`bidsdeface.outputs.STAGES`): load, register, masks,
+    [skull-strip], deface, QC (:func:`deface_scan`); then the files are built
+    (:func:`scan_content`), staged and committed together.
 
     Parameters
     ----------
@@ -332,81 +255,15 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
         return ScanOutcome(shown, "skipped", "already defaced (use --overwrite to redo)")
     timer = _Timer()
     try:
-        with timer.stage("load"):
-            metadata = read_metadata(job.path)
-            scan = load_scan(job.path, metadata.get("FrameDuration") if job.suffix == "pet" else None)
-            template = load_template()
-            ct = ct_intensities(scan.reference, job.path) if job.suffix == "ct" else None
-            anatomical = load_scan(config.bids_dir / job.anatomical) if job.anatomical else None
-        with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
-            with timer.stage("register"):
-                registration = _register(scan, template, config, Path(scratch), ct, anatomical, job.suffix == "pet")
-            with timer.stage("masks"):
-                threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
-                masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold)
-            brain = None
-            if outputs.skull_stripped:
-                with timer.stage("skullstrip"):
-                    brain = extract_brain(scan, template, registration, config, Path(scratch), ct)
-                    masks = with_brain_protected(masks, brain.mask, scan.zooms, config.brain_margin_mm)
-            with timer.stage("deface"):
-                result = deface_image(scan.image, masks, config, 0.0 if ct is None else ct.air)
-            with timer.stage("qc"):
-                quality = check_scan(
-                    real_values(stored_data(scan.image), scan.image),
-                    real_values(stored_data(result.image), scan.image),
-                    masks,
-                    result.removed,
-                    scan.image.affine,
-                    template,
-                    registration,
-                    threshold,
-                    brain=None if brain is None else brain.mask,
-                    remove_ears=config.remove_ears,
-                )
-        method_record = {
-            "registration_path": _registration_path(registration, job, identity),
-            "registration_start": registration.start,
-            "reference_volume": scan.summary,
-            **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
-            **_skull_strip_record(config, brain),
-        }
-        withheld = quality.verdict.status == "FAIL"
-        destination = _image_destination(config, outputs, withheld)
+        defaced = deface_scan(job, config, outputs.skull_stripped, timer)
         with staged_files() as staged:
             with timer.stage("write"):
-                modality = scrub_modality(job.suffix, job.datatype)
-                clean_metadata, sidecar_report = scrub_sidecar(
-                    metadata, modality, config.scrub_policy, identity.date_offset
-                )
-                header_report = scrub_nifti_header(result.image)
-                sources = [f"bids:raw:{shown}"]
-                methods, codes = deidentification(config, identity.date_offset is not None)
-                provenance = {"DeidentificationMethod": methods, "DeidentificationMethodCodeSequence": codes}
-                staged.write_bytes(outputs.mosaic, quality.figures.mosaic)
-                staged.write_bytes(outputs.render, quality.figures.render)
-                if brain is not None and outputs.brain is not None and quality.figures.brain is not None:
-                    staged.write_bytes(outputs.brain.figure, quality.figures.brain)
+                content, scrubbed = scan_content(job, config, identity, defaced)
+                destination = image_destination(config, outputs, content.withheld)
+                stage_figures(staged, outputs, content.quality)
                 if destination is not None:
-                    background = 0.0 if ct is None else ct.air
-                    image_metadata = {**clean_metadata, **provenance}
-                    _stage_images(staged, destination, result, scan.image, brain, background, image_metadata, sources)
-            # The QC record carries every stage's time; the sidecar, renamed into place last, marks the scan finished.
-            record = qc_record(config.output_dir, outputs, quality, method_record, timer.seconds, withheld)
-            staged.write_json(outputs.qc, record)
-            if destination is not None:
-                staged.write_json(
-                    destination[0].sidecar,
-                    {
-                        **clean_metadata,
-                        "Description": f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
-                        "SkullStripped": False,
-                        "Sources": sources,
-                        **provenance,
-                    },
-                )
-            for stale in _superseded(config, outputs, withheld):
-                staged.remove(stale)
+                    stage_images(staged, destination, content)
+            stage_completion(staged, config, outputs, destination, content, timer.seconds)
     except BidsDefaceError as exc:
         message = _hide_input_names(" ".join(str(exc).split()), job, identity, shown)
         return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
@@ -415,83 +272,112 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
         stage = next(reversed(timer.seconds), "load")  # the stage that raised has just been timed
         message = _hide_input_names(f"{job.path}: {stage} failed: {failure_cause(exc)}", job, identity, shown)
         return ScanOutcome(shown, "failed", message, seconds=timer.seconds)
-    metrics: dict[str, Any] = {
-        **quality.metrics,
-        **method_record,
-        "scrub": {
-            outputs.sidecar.relative_to(config.output_dir).as_posix(): {
-                "Sidecar": sidecar_report.as_record(),
-                "NiftiHeader": header_report.as_record(),
-            }
-        },
-    }
-    kept = "" if destination is None or not withheld else str(destination[0].image)
-    status = "withheld" if withheld else "done"
-    return ScanOutcome(shown, status, "", metrics, timer.seconds, quality.verdict.status, quality.verdict.reasons, kept)
+    scrub = {outputs.sidecar.relative_to(config.output_dir).as_posix(): scrubbed}
+    verdict = content.quality.verdict
+    kept = "" if destination is None or not content.withheld else str(destination[0].image)
+    status = "withheld" if content.withheld else "done"
+    return ScanOutcome(
+        shown, status, "", content.quality.metrics, content.method, scrub, timer.seconds, verdict.status,
+        verdict.reasons, kept,
+    )  # fmt: skip
 
 
-def _image_destination(config: Config, outputs: OutputPaths, withheld: bool) -> tuple[OutputPaths, Path] | None:
-    """Return where the scan's images go and the root of that tree, or None when they are not written.
+def load_inputs(job: ScanJob, config: Config) -> LoadedScan:
+    """Read the scan, its metadata, the template and, for PET, the same-session T1w."""
+    metadata = read_metadata(job.path)
+    scan = load_scan(job.path, metadata.get("FrameDuration") if job.suffix == "pet" else None)
+    template = load_template()
+    ct = ct_intensities(scan.reference, job.path) if job.suffix == "ct" else None
+    anatomical = load_scan(config.bids_dir / job.anatomical) if job.anatomical else None
+    return LoadedScan(metadata, scan, template, ct, anatomical)
 
-    A scan that passed (or only warned) goes into the output. A scan that failed QC
-    goes into ``failed/`` in the private folder with ``--keep-failed``, else nowhere.
+
+def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) -> DefacedScan:
+    """Run the computing stages on one scan, each timed: load, register, masks, [skull-strip], deface, QC.
+
+    The registration's transform files live in a scratch folder (``--work-dir``) for
+    as long as the stages that use them run.
     """
-    if not withheld:
-        return outputs, config.output_dir
-    if not config.keep_failed:
-        return None
-    root = prepare_failed_folder(private_folder(config))
-    return outputs.relocated(config.output_dir, root), root
+    with timer.stage("load"):
+        loaded = load_inputs(job, config)
+    scan, template, ct = loaded.scan, loaded.template, loaded.ct
+    with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
+        with timer.stage("register"):
+            registration = _register(loaded, config, Path(scratch), job.suffix == "pet")
+        with timer.stage("masks"):
+            threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
+            masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold)
+        brain = None
+        if skull_strip:
+            with timer.stage("skullstrip"):
+                brain = extract_brain(scan, template, registration, config, Path(scratch), ct)
+                masks = with_brain_protected(masks, brain.mask, scan.zooms, config.brain_margin_mm)
+        with timer.stage("deface"):
+            result = deface_image(scan.image, masks, config, loaded.background)
+        with timer.stage("qc"):
+            quality = check_scan(
+                real_values(stored_data(scan.image), scan.image),
+                real_values(stored_data(result.image), scan.image),
+                masks,
+                result.removed,
+                scan.image.affine,
+                template,
+                registration,
+                threshold,
+                brain=None if brain is None else brain.mask,
+                remove_ears=config.remove_ears,
+            )
+    return DefacedScan(loaded, registration, brain, result, quality)
 
 
-def _superseded(config: Config, outputs: OutputPaths, withheld: bool) -> list[Path]:
-    """Return the files of earlier runs of this scan that this run replaces by nothing.
+def scan_content(
+    job: ScanJob, config: Config, identity: SubjectIdentity, defaced: DefacedScan
+) -> tuple[ScanContent, dict[str, Any]]:
+    """Build the files of one scan: images with scrubbed headers, scrubbed metadata, provenance.
 
-    Skull-strip outputs this run does not write; for a scan that failed QC every
-    image of it in the output (an earlier run may have written one); for a scan
-    written now, the copy an earlier ``--keep-failed`` run kept in the private folder.
-    Completion markers (sidecars) come first.
+    Returns
+    -------
+    ScanContent
+        What is written.
+    dict
+        What scrubbing removed from the sidecar and the NIfTI header (names only).
     """
-    if withheld:
-        stale = list(outputs.image_files())
-    else:
-        stale = list(outputs.relocated(config.output_dir, private_folder(config) / FAILED_FOLDER).image_files())
-    stale += outputs.stale_brain_files()
-    return [path for path in dict.fromkeys(stale) if path.is_file()]
-
-
-def _stage_images(
-    staged: StagedFiles,
-    destination: tuple[OutputPaths, Path],
-    result: DefaceResult,
-    source: nib.Nifti1Image,
-    brain: BrainExtraction | None,
-    background: float,
-    image_metadata: dict[str, Any],
-    sources: list[str],
-) -> None:
-    """Stage the defacing mask, the defaced image and the brain outputs in ``destination`` (paths, dataset root).
-
-    The image sidecar, which marks the scan finished, is staged by the caller after the QC record.
-    """
-    images, root = destination
-    mask = _mask_image(result.removed, source)
-    scrub_nifti_header(mask)
-    staged.write_nifti(images.mask, mask)
-    staged.write_json(
-        images.mask_sidecar,
-        {
-            "Description": "Voxels replaced by defacing (1) in the source scan's grid",
-            "SkullStripped": False,
-            "Sources": sources,
-            "Type": "Deface",
-        },
+    loaded, result = defaced.loaded, defaced.result
+    source = loaded.scan.image
+    modality = scrub_modality(job.suffix, job.datatype)
+    metadata, sidecar_report = scrub_sidecar(loaded.metadata, modality, config.scrub_policy, identity.date_offset)
+    image, header_report = scrub_nifti_header(result.image)
+    mask, _ = scrub_nifti_header(mask_image_like(result.removed, source))
+    brain = None
+    if defaced.brain is not None:
+        brain_mask, _ = scrub_nifti_header(mask_image_like(defaced.brain.mask, source))
+        only_brain = brain_only_image(source, stored_data(result.image), defaced.brain.mask, loaded.background)
+        brain = BrainContent(brain_mask, scrub_nifti_header(only_brain)[0], defaced.brain.description)
+    methods, codes = deidentification(config, identity.date_offset is not None)
+    content = ScanContent(
+        image=image,
+        mask=mask,
+        brain=brain,
+        metadata=metadata,
+        provenance={"DeidentificationMethod": methods, "DeidentificationMethodCodeSequence": codes},
+        description=f"Defaced ({config.method}{' with ears' if config.remove_ears else ''})",
+        sources=[f"bids:raw:{identity.output_relpath(job.relpath)}"],
+        quality=defaced.quality,
+        method=_method_record(job, config, identity, defaced),
     )
-    staged.write_nifti(images.image, result.image)
-    if brain is not None and images.brain is not None:
-        _stage_brain_outputs(
-            staged, images.brain, images.image, brain, result.image, source, background, image_metadata, sources, root
-        )
+    return content, {"Sidecar": sidecar_report.as_record(), "NiftiHeader": header_report.as_record()}
+
+
+def _method_record(job: ScanJob, config: Config, identity: SubjectIdentity, defaced: DefacedScan) -> dict[str, Any]:
+    """Return how the scan was processed (registration path and start, reference volume, CT, skull strip)."""
+    registration, ct = defaced.registration, defaced.loaded.ct
+    return {
+        "registration_path": _registration_path(registration, job, identity),
+        "registration_start": registration.start,
+        "reference_volume": defaced.loaded.scan.summary,
+        **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
+        **_skull_strip_record(config, defaced.brain),
+    }
 
 
 def _skull_strip_record(config: Config, brain: BrainExtraction | None) -> dict[str, str]:
@@ -501,69 +387,16 @@ def _skull_strip_record(config: Config, brain: BrainExtraction | None) -> dict[s
     return {"skull_strip": "not done: PET is not skull-stripped"} if config.skull_strip else {}
 
 
-def _stage_brain_outputs(
-    staged: StagedFiles,
-    paths: BrainPaths,
-    defaced_path: Path,
-    brain: BrainExtraction,
-    defaced: nib.Nifti1Image,
-    source: nib.Nifti1Image,
-    background: float,
-    image_metadata: dict[str, Any],
-    sources: list[str],
-    root: Path,
-) -> None:
-    """Stage the brain mask, the brain-only image (cut from the defaced one) and their sidecars.
-
-    ``root`` is the dataset the files go into (the output, or the private ``failed/``
-    folder); ``bids::`` references are relative to it. The figure is staged by the caller.
-    """
-
-    def in_dataset(path: Path) -> str:
-        return f"bids::{path.relative_to(root).as_posix()}"
-
-    mask = _mask_image(brain.mask, source)
-    scrub_nifti_header(mask)
-    brain_image = brain_only_image(source, stored_data(defaced), brain.mask, background)
-    scrub_nifti_header(brain_image)
-    staged.write_nifti(paths.mask, mask)
-    staged.write_json(
-        paths.mask_sidecar,
-        {
-            "Description": "Brain mask (1) on the source scan's grid",
-            "Type": "Brain",
-            "SkullStripped": False,
-            "Sources": sources,
-            "SpatialReference": in_dataset(defaced_path),
-            "SkullStrippingMethod": brain.description,
-        },
-    )
-    staged.write_nifti(paths.image, brain_image)
-    staged.write_json(
-        paths.sidecar,
-        {
-            **image_metadata,
-            "Description": "The defaced image with every voxel outside the brain mask set to the background",
-            "SkullStripped": True,
-            "SkullStrippingMethod": brain.description,
-            "Sources": [in_dataset(defaced_path), in_dataset(paths.mask)],
-        },
-    )
-
-
-def _register(
-    scan: Scan,
-    template: Template,
-    config: Config,
-    work_dir: Path,
-    ct: CtIntensities | None,
-    anatomical: Scan | None,
-    brain_only: bool,
-) -> Registration:
-    """Register the template to ``scan``: through a same-session T1w when given, else directly."""
-    if anatomical is not None:
+def _register(loaded: LoadedScan, config: Config, work_dir: Path, brain_only: bool) -> Registration:
+    """Register the template to the scan: through a same-session T1w when given, else directly."""
+    scan, template, ct = loaded.scan, loaded.template, loaded.ct
+    if loaded.anatomical is not None:
         through = register_through_anatomical(
-            scan, anatomical, register_template(anatomical, template, config, work_dir), template, work_dir
+            scan,
+            loaded.anatomical,
+            register_template(loaded.anatomical, template, config, work_dir),
+            template,
+            work_dir,
         )
         if through.score >= config.min_registration_score:
             return through
@@ -580,42 +413,6 @@ def _registration_path(registration: Registration, job: ScanJob, identity: Subje
     if job.anatomical:
         return f"{registration.path} to template (the rigid fit to the same-session T1w was poor)"
     return f"{registration.path} to template"
-
-
-def qc_record(
-    output_dir: Path,
-    outputs: OutputPaths,
-    quality: ScanQc,
-    method: dict[str, Any],
-    seconds: dict[str, float],
-    withheld: bool = False,
-) -> dict[str, Any]:
-    """Return the content of a scan's ``_qc.json`` (paths relative to the output folder).
-
-    ``Scan`` names the defaced image's place in the output; ``ImageWithheld`` is true
-    when the scan failed QC and so no image of it was written there (the reports
-    still list it, for review).
-    """
-
-    def relative(path: Path) -> str:
-        return path.relative_to(output_dir).as_posix()
-
-    figures = {"Render": relative(outputs.render), "Mosaic": relative(outputs.mosaic)}
-    if outputs.brain is not None and quality.figures.brain is not None:
-        figures["Brain"] = relative(outputs.brain.figure)
-    return {
-        "Scan": relative(outputs.image),
-        "Status": quality.verdict.status,
-        "ImageWithheld": withheld,
-        "Reasons": list(quality.verdict.reasons),
-        "Notes": list(quality.verdict.notes),
-        "Metrics": quality.metrics,
-        "Method": method,
-        "Seconds": seconds,
-        "Figures": figures,
-        "Limits": limits_record(),
-        "GeneratedBy": f"bidsdeface {__version__}",
-    }
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -698,13 +495,9 @@ def validate_input(config: Config) -> None:
     log.info("input dataset is valid BIDS (%.1f s)", time.perf_counter() - started)
 
 
-def _set_threads(threads: int) -> None:
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-
-
 def _start_worker(threads: int) -> None:
     """Set up a pool worker as the command line sets up itself: bounded threads, no stray library output."""
-    _set_threads(threads)
+    bound_threads(threads)
     library_messages_to_debug()
 
 
@@ -712,7 +505,7 @@ def _map_scans(
     jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
 ) -> Iterator[tuple[ScanJob, ScanOutcome]]:
     if config.nprocs == 1 or len(jobs) == 1:
-        _set_threads(config.omp_nthreads)
+        bound_threads(config.omp_nthreads)
         for job in jobs:
             yield job, process_scan(job, config, identities[job.subject])
         return
@@ -771,38 +564,59 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
         write_dataset_files(config.output_dir, carried, config.container_image)
         remove_stale_temporaries(config.output_dir, recursive=False)
     identities = _resolve_identities(config, jobs)
-    failed = withheld = 0
     with ExitStack() as subject_locks:
         for identity in sorted(identities.values(), key=lambda identity: identity.output_label):
             subject_locks.enter_context(output_lock(config.output_dir, f"sub-{identity.output_label}"))
             stale = remove_stale_temporaries(config.output_dir / f"sub-{identity.output_label}")
             if stale:
                 log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
-        scrub_records: dict[str, dict[str, Any]] = {subject: {} for subject in subjects}
-        for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
-            failed += outcome.status in ("failed", "withheld")
-            withheld += outcome.status == "withheld"
-            progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
-            if outcome.status == "failed":
-                log.error("%s: FAILED: %s", progress, outcome.message)
-            elif outcome.status == "skipped":
-                log.info("%s: skipped, %s", progress, outcome.message)
-            else:
-                _log_done(progress, outcome)
-            if outcome.status == "done":  # a withheld scan's sidecar is not in the output
-                scrub_records[job.subject].update(outcome.metrics["scrub"])
-            if on_outcome is not None:
-                on_outcome(outcome)
-        for subject, identity in identities.items():
-            if (config.output_dir / f"sub-{identity.output_label}").is_dir():
-                tables = write_subject_tables(config, identity)
-                records = {**scrub_records[subject], **{name: {"Table": r.as_record()} for name, r in tables.items()}}
-                write_scrub_record(config, identity, records)
-                write_subject_report(config.output_dir, identity.output_label)
+        outcomes = _process_scans(jobs, config, identities, on_outcome)
+        _write_subject_files(config, identities, outcomes)
+    failed = sum(outcome.status in ("failed", "withheld") for _, outcome in outcomes)
+    withheld = sum(outcome.status == "withheld" for _, outcome in outcomes)
     _write_dataset_summaries(config)
     why = f" ({withheld} of them failed QC: image not written to the output)" if withheld else ""
     log.info("finished: %d done or skipped, %d failed%s", len(jobs) - failed, failed, why)
     return EXIT_DATA if failed else EXIT_OK
+
+
+def _process_scans(
+    jobs: list[ScanJob],
+    config: Config,
+    identities: dict[str, SubjectIdentity],
+    on_outcome: Callable[[ScanOutcome], None] | None,
+) -> list[tuple[ScanJob, ScanOutcome]]:
+    """Process every scan (in parallel with ``--nprocs``), logging each outcome as it comes."""
+    outcomes = []
+    for index, (job, outcome) in enumerate(_map_scans(jobs, config, identities), start=1):
+        progress = f"[{index}/{len(jobs)}] {outcome.relpath}"
+        if outcome.status == "failed":
+            log.error("%s: FAILED: %s", progress, outcome.message)
+        elif outcome.status == "skipped":
+            log.info("%s: skipped, %s", progress, outcome.message)
+        else:
+            _log_done(progress, outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        outcomes.append((job, outcome))
+    return outcomes
+
+
+def _write_subject_files(
+    config: Config, identities: dict[str, SubjectIdentity], outcomes: list[tuple[ScanJob, ScanOutcome]]
+) -> None:
+    """Write each subject's tables, scrub record and report (under the subjects' locks)."""
+    for subject, identity in identities.items():
+        if (config.output_dir / f"sub-{identity.output_label}").is_dir():
+            # a withheld scan's sidecar is not in the output: only written scans have scrub records
+            records = {}
+            for job, outcome in outcomes:
+                if job.subject == subject and outcome.status == "done":
+                    records.update(outcome.scrub)
+            tables = write_subject_tables(config, identity)
+            records.update({name: {"Table": report.as_record()} for name, report in tables.items()})
+            write_scrub_record(config, identity, records)
+            write_subject_report(config.output_dir, identity.output_label)
 
 
 def _write_dataset_summaries(config: Config) -> None:
@@ -864,7 +678,7 @@ def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, Subjec
 
 
 def _log_done(progress: str, outcome: ScanOutcome) -> None:
-    m, s = outcome.metrics, outcome.seconds
+    m, method, s = outcome.metrics, outcome.method, outcome.seconds
     log.info(
         "%s: done in %.1f s (%s); registration score %.3f; face voxels removed %d (%.0f%%); "
         "brain voxels touched %d; QC %s",
@@ -880,10 +694,12 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
     log.info(
         "%s: registered %s, from the %s%s%s",
         progress,
-        m["registration_path"],
-        m["reference_volume"] if m["reference_volume"] != "3D" else "3D image",
-        f"; CT intensities: {m['intensities']}" if "intensities" in m else "",
-        f"; brain mask ({m['skull_strip_method']}) {m['brain_volume_ml']:.0f} ml" if "brain_volume_ml" in m else "",
+        method["registration_path"],
+        method["reference_volume"] if method["reference_volume"] != "3D" else "3D image",
+        f"; CT intensities: {method['intensities']}" if "intensities" in method else "",
+        f"; brain mask ({method['skull_strip_method']}) {m['brain_volume_ml']:.0f} ml"
+        if "brain_volume_ml" in m
+        else "",
     )
     if outcome.qc_status != "PASS":
         level = logging.ERROR if outcome.qc_status == "FAIL" else logging.WARNING
@@ -891,7 +707,7 @@ def _log_done(progress: str, outcome: ScanOutcome) -> None:
     if outcome.status == "withheld":
         _log_withheld(progress, outcome)
         return
-    for name, record in m["scrub"].items():
+    for name, record in outcome.scrub.items():
         sidecar = record["Sidecar"]
         log.info(
             "%s: metadata: %d key(s) removed, %d value(s) failing their checks dropped, %d date(s) shifted; "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UsageError
-from .jsonfiles import read_json_object
+from .files import read_json_object
 
 COMMON_SIDECAR_KEYS: frozenset[str] = frozenset(
     {

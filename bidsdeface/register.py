@@ -25,7 +25,6 @@ rigidly to a same-session T1w whose template registration is then chained
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +35,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from .config import Config
-from .deface import ScanMasks, dilate_mm, ear_tissue
 from .errors import RegistrationError
-from .images import (
-    Scan,
-    block_expanded,
-    block_factors,
-    block_grid,
-    block_mean,
-    brain_threshold,
-    check_head_plausible,
-    head_mask,
-)
+from .images import Scan, brain_threshold, check_head_plausible, head_mask
 from .templates import Template
+from .volumes import RAS_TO_LPS, block_mean, dice, dilate_mm, to_ants
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +61,6 @@ DEFACED_FACE_MISSING = 0.50
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
 REFINE_SAMPLES = 250_000
-MASK_RESOLUTION_MM = 1.0
 NEAR_HEAD_MM = 10.0
 REFINE_ITERATIONS = (60, 30)
 SHAPE_ITERATIONS = (40,)
@@ -80,7 +69,6 @@ POSE_MI_ITERATIONS = (25,)
 RIGID_SAMPLES = 50_000
 RIGID_ITERATIONS = (100, 100, 100)
 ANATOMICAL_BRAIN_MARGIN_MM = 3.0
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Starting rotations (degrees about the RAS x, y, z axes): upright first, then the
 # poses that broken headers and unusual positioning produce.
@@ -127,19 +115,6 @@ class Registration:
     start: str
     starts_tried: int
     path: str = "head"
-
-
-def to_ants(volume: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
-    """Wrap a 3D array with its voxel-to-RAS affine as an ANTs (LPS) image."""
-    lps = RAS_TO_LPS @ affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
-    return ants.from_numpy(
-        np.ascontiguousarray(volume, dtype=np.float32),
-        origin=[float(v) for v in lps[:3, 3]],
-        spacing=[float(v) for v in spacing],
-        direction=direction,
-    )
 
 
 def _normalised(image: ants.ANTsImage, mask: np.ndarray) -> ants.ANTsImage:
@@ -287,11 +262,7 @@ class _Level:
         )
         transforms = tuple(result["fwdtransforms"])
         score, face_missing = self.overlap(transforms)
-        warped = ants.apply_transforms(self.fixed, self.moving_norm, list(transforms))
-        head = self.fixed.new_image_like(self.fixed_mask.astype(np.float32))
-        mutual_information = -float(
-            ants.image_similarity(self.fixed_norm, warped, metric_type="MattesMutualInformation", fixed_mask=head)
-        )
+        mutual_information = self.mutual_information(transforms)
         log.debug(
             "pose %s: head overlap %.3f, mutual information %.4f, face missing %.2f (%.1f s)",
             name,
@@ -301,6 +272,14 @@ class _Level:
             time.perf_counter() - started,
         )
         return _StartResult(name, transforms, score, mutual_information, face_missing)
+
+    def mutual_information(self, transforms: tuple[str, ...]) -> float:
+        """Return the MI of the scan and the template warped by ``transforms`` over the scan's head (higher: better)."""
+        warped = ants.apply_transforms(self.fixed, self.moving_norm, list(transforms))
+        head = self.fixed.new_image_like(self.fixed_mask.astype(np.float32))
+        return -float(
+            ants.image_similarity(self.fixed_norm, warped, metric_type="MattesMutualInformation", fixed_mask=head)
+        )
 
     def overlap(self, transforms: tuple[str, ...]) -> tuple[float, float]:
         """Return the head overlap score of ``transforms`` and the share of the face the scan lacks.
@@ -319,12 +298,12 @@ class _Level:
         warped_head = ants.apply_transforms(self.fixed, mask_image, warp).numpy() > 0.5
         in_template = ants.apply_transforms(self.fixed, fov_image, warp).numpy() > 0.5
         if self.moving_forgiven is None:
-            return _dice(warped_head & in_template, self.fixed_mask & in_template), 0.0
+            return dice(warped_head & in_template, self.fixed_mask & in_template), 0.0
         forgiven = ants.apply_transforms(self.fixed, self.moving_forgiven, warp).numpy() > 0.5
         face = warped_head & forgiven & in_template
         missing = float((face & ~self.fixed_mask).sum()) / max(1, int(face.sum()))
         warped_head &= ~forgiven | self.fixed_mask
-        return _dice(warped_head & in_template, self.fixed_mask & in_template), missing
+        return dice(warped_head & in_template, self.fixed_mask & in_template), missing
 
 
 def _search_poses(coarse: _Level, work_dir: Path) -> list[_StartResult]:
@@ -395,16 +374,26 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartRe
     return faceless if faceless.face_missing > DEFACED_FACE_MISSING else chosen
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 0.0
+def seed_ants_registration(seed: int) -> None:
+    """Make every later ``ants.registration`` call in this process pass ``--random-seed seed`` to ANTs.
+
+    A fixed seed makes the sampled mutual information, and so the chosen pose, repeatable
+    (bit for bit with one ITK thread). antspyx (0.6.3) has no per-call seed:
+    ``ants.registration`` reads it from ``ants.config`` only, and swallows unknown keywords
+    such as ``random_seed=`` without a word. Its public setter is used with ``on=False``,
+    which sets the seed and nothing else (``on=True`` would also force ITK to one thread
+    and seed numpy's and Python's global generators). The setting outlives the call, as
+    antspyx's design has it: later registrations in the process (the rigid fit of
+    :func:`register_through_anatomical`, skull-stripping's refinement) use it too.
+    """
+    ants.config.set_ants_deterministic(on=False, seed_value=seed)
 
 
 def register_template(
     scan: Scan,
     template: Template,
     config: Config,
-    work_dir: Path | None = None,
+    work_dir: Path,
     threshold: float | None = None,
     brain_only: bool = False,
 ) -> Registration:
@@ -417,10 +406,11 @@ def register_template(
     template : Template
         Bundled head template.
     config : Config
-        ``min_registration_score`` and ``random_seed``.
-    work_dir : Path, optional
-        Where ANTs writes its transform files; a temporary folder by default
-        (the files must outlive this call, so pass a folder you clean up).
+        ``min_registration_score`` and ``random_seed`` (see :func:`seed_ants_registration`).
+    work_dir : Path
+        An existing folder where ANTs writes its transform files. The returned
+        :class:`Registration` names files in it, which masks and QC read later: the
+        caller owns the folder and removes it when done with the registration.
     threshold : float, optional
         Scan foreground threshold (e.g. -480 for CT in HU); see
         :func:`bidsdeface.images.foreground_threshold` by default.
@@ -438,28 +428,39 @@ def register_template(
     RegistrationError
         No starting rotation reaches ``config.min_registration_score``.
     """
-    work_dir = Path(tempfile.mkdtemp(prefix="bidsdeface-reg-")) if work_dir is None else work_dir
-    # antspyx passes --random-seed to ANTs only through this module setting; a fixed
-    # seed makes the sampled mutual information, and so the chosen pose, repeatable.
-    ants.config._random_seed = config.random_seed
-    scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
-    template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
-    # A head may lack its face and ears (what defacing removes); a brain is scored on the brain.
-    forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
-    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
-    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
+    seed_ants_registration(config.random_seed)
+    fine, coarse = _levels(scan, template, threshold, brain_only)
     poses = _search_poses(coarse, work_dir)
     chosen = _refine(fine, poses, work_dir)
     start = chosen.name.split("_")[0]
     log.debug("pose %s chosen from %d starting poses (%s)", start, len(poses), chosen.name)
     best = Registration(chosen.transforms, chosen.score, start, len(poses), "brain" if brain_only else "head")
-    if best.score < config.min_registration_score:
-        raise RegistrationError(
-            f"{scan.path}: registration to the template {best.path} scored {best.score:.2f} "
-            f"(< {config.min_registration_score:.2f}) after {best.starts_tried} starting poses; not a head, "
-            "or an unusual field of view - nothing was written"
-        )
+    _check_score(best, scan, config)
     return best
+
+
+def _levels(scan: Scan, template: Template, threshold: float | None, brain_only: bool) -> tuple[_Level, _Level]:
+    """Return the scan and the template at the working (fine) and the pose-search (coarse) resolution.
+
+    A head may lack its face and ears (what defacing removes), so those are forgiven in
+    its score; a brain-only scan is registered to, and scored on, the template's brain.
+    """
+    scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
+    template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
+    forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
+    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
+    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
+    return fine, coarse
+
+
+def _check_score(registration: Registration, scan: Scan, config: Config) -> None:
+    """Raise RegistrationError when ``registration`` scores below ``config.min_registration_score``."""
+    if registration.score < config.min_registration_score:
+        raise RegistrationError(
+            f"{scan.path}: registration to the template {registration.path} scored {registration.score:.2f} "
+            f"(< {config.min_registration_score:.2f}) after {registration.starts_tried} starting poses; "
+            "not a head, or an unusual field of view - nothing was written"
+        )
 
 
 def register_through_anatomical(
@@ -496,7 +497,18 @@ def register_through_anatomical(
     fixed = _working_copy(to_ants(scan.reference, scan.image.affine))
     moving = _working_copy(to_ants(np.where(brain, anatomical.reference, 0.0), anatomical.image.affine))
     fixed_mask = head_mask(fixed.numpy(), tuple(fixed.spacing), brain_threshold(fixed.numpy()))
-    moving_mask = moving.numpy() > 0
+    rigid = _rigid_fit(fixed, fixed_mask, moving, moving.numpy() > 0, work_dir)
+    transforms = (*anatomical_registration.transforms, *rigid)
+    chained = Registration(transforms, 0.0, anatomical_registration.start, anatomical_registration.starts_tried)
+    warped_brain = warp_template_mask(scan, template.brain, template, chained)
+    foreground = head_mask(scan.reference, scan.zooms, brain_threshold(scan.reference))
+    return Registration(transforms, dice(warped_brain, foreground), chained.start, chained.starts_tried, "anatomical")
+
+
+def _rigid_fit(
+    fixed: ants.ANTsImage, fixed_mask: np.ndarray, moving: ants.ANTsImage, moving_mask: np.ndarray, work_dir: Path
+) -> list[str]:
+    """Fit ``moving`` rigidly to ``fixed`` by MI from aligned centres of mass; return the transform files."""
     initial = _initial_transform(fixed, fixed_mask, moving, moving_mask, (0, 0, 0), work_dir / "anatomical_init.mat")
     result = ants.registration(
         fixed=_normalised(fixed, fixed_mask),
@@ -510,11 +522,7 @@ def register_through_anatomical(
         aff_smoothing_sigmas=(2, 1, 0),
         aff_random_sampling_rate=min(1.0, RIGID_SAMPLES / fixed_mask.size),
     )
-    transforms = (*anatomical_registration.transforms, *result["fwdtransforms"])
-    chained = Registration(transforms, 0.0, anatomical_registration.start, anatomical_registration.starts_tried)
-    warped_brain = warp_template_mask(scan, template.brain, template, chained)
-    foreground = head_mask(scan.reference, scan.zooms, brain_threshold(scan.reference))
-    return Registration(transforms, _dice(warped_brain, foreground), chained.start, chained.starts_tried, "anatomical")
+    return list(result["fwdtransforms"])
 
 
 def _working_copy(image: ants.ANTsImage) -> ants.ANTsImage:
@@ -544,29 +552,3 @@ def warp_template_masks(
         image = ants.apply_transforms(fixed, moving, list(registration.transforms), interpolator="linear")
         warped.append(image.numpy() > 0.5)
     return warped
-
-
-def scan_masks(
-    scan: Scan, template: Template, registration: Registration, brain_margin_mm: float, head_threshold: float
-) -> ScanMasks:
-    """Return the template's face, ear and brain masks on the scan's grid, the protected brain and the head.
-
-    The ear region also takes the pinnae found on the scan near it (:func:`bidsdeface.deface.ear_tissue`).
-
-    Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
-    of whole blocks of their voxels, and every voxel takes its block's value: 4x less
-    work for a 0.5 mm CT. The protective margin then grows by the largest distance from a
-    voxel to its block's centre, so it is never thinner than ``brain_margin_mm``.
-    """
-    shape, affine = scan.reference.shape, scan.image.affine
-    block = block_factors(scan.zooms, MASK_RESOLUTION_MM)
-    coarse_shape, coarse_affine = block_grid(shape, affine, block)
-    face, ears, brain = warp_template_masks(
-        coarse_shape, coarse_affine, [template.face, template.ears, template.brain], template, registration
-    )
-    to_block_centre_mm = float(np.linalg.norm([(b - 1) / 2 * z for b, z in zip(block, scan.zooms, strict=True)]))
-    coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
-    protect = dilate_mm(brain, coarse_zooms, brain_margin_mm + to_block_centre_mm)
-    face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
-    head = head_mask(scan.reference, scan.zooms, head_threshold)
-    return ScanMasks(face, ears | ear_tissue(head, ears, protect, scan.zooms), brain, protect, head)

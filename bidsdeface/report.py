@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .derivatives import write_bytes_atomic
+from .files import write_bytes_atomic
+from .outputs import STAGES
 from .qc import STATUS_ORDER
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "brain_volume_ml",
     "brain_template_dice",
 )
-STAGES: tuple[str, ...] = ("load", "register", "masks", "skullstrip", "deface", "qc", "write")
 FIGURE_CAPTIONS = {
     "Render": "Render: the head's surface before and after defacing (face region in blocks)",
     "Mosaic": "Mosaic: slices through the face before and after (face region in blocks); removed region in red",

@@ -15,6 +15,7 @@ from typing import Any
 import nibabel as nib
 
 from .errors import ScrubError
+from .files import MISSING, Table
 from .policy import (
     ACRONYM_LETTERS,
     AGE_COLUMNS,
@@ -52,12 +53,12 @@ from .standards import (
     is_technical_word,
     standard_fit,
 )
+from .volumes import with_header
 
 NIFTI_TEXT_FIELDS: tuple[str, ...] = ("descrip", "aux_file", "intent_name", "db_name", "data_type")
 LATEST_SHIFTED_YEAR = 1925
 OLDEST_AGE = 89
 OLDEST_AGE_LABEL = "89"  # BIDS: "use 89 for all ages 89 and over" (HIPAA Safe Harbor)
-MISSING = "n/a"
 
 _FRACTION = r"(?P<fraction>\.\d+)?"
 _ZONE = r"(?P<zone>Z|[+-]\d{2}:?\d{2})?"
@@ -394,43 +395,104 @@ def scrub_sidecar(
     """
     allowed = MODALITY_SIDECAR_KEYS[modality] | set(site.keep_sidecar_keys)
     placeholders = REQUIRED_PLACEHOLDERS.get(modality, {})
-    clean: dict[str, Any] = {}
-    removed: list[str] = []
-    shifted: list[str] = []
-    replaced: list[str] = []
-    dropped: dict[str, str] = {}
+    scrubbed = _ScrubbedSidecar()
     for key, value in metadata.items():
         if key in site.drop_sidecar_keys or (key not in allowed and key not in CLOCK_KEYS):
-            removed.append(key)
-            continue
-        if key in CLOCK_KEYS and isinstance(value, str):
-            new = None if date_offset is None else shift_clock_text(value, date_offset)
-            if new is not None:
-                clean[key] = new
-                shifted.append(key)
-                continue
-            problem = "dates are removed" if date_offset is None else "not a date or time in a known form"
+            scrubbed.removed.append(key)
         else:
-            problem = value_problem(key, value) if key in allowed else "a date key holding no date"
-        if problem is None:
-            clean[key] = value
-        elif key in placeholders:
-            clean[key] = placeholders[key]
-            replaced.append(key)
-        elif date_offset is None and key in CLOCK_KEYS:
-            removed.append(key)
-        else:
-            dropped[key] = problem
+            _scrub_sidecar_key(scrubbed, key, value, allowed, placeholders, date_offset)
     for key, value in placeholders.items():
-        if key not in clean and key in metadata:
-            clean[key] = value
-            replaced.append(key)
-    transformed = set(shifted) | set(replaced) | set(site.keep_sidecar_keys)
+        if key not in scrubbed.clean and key in metadata:
+            scrubbed.clean[key] = value
+            scrubbed.replaced.append(key)
+    _check_no_identifying_keys(
+        scrubbed.clean, set(scrubbed.shifted) | set(scrubbed.replaced) | set(site.keep_sidecar_keys)
+    )
+    shown, unknown = split_names(scrubbed.removed, own=site.drop_sidecar_keys)
+    report = ScrubReport(
+        shown, unknown, tuple(scrubbed.shifted), tuple(dict.fromkeys(scrubbed.replaced)), scrubbed.dropped
+    )
+    return scrubbed.clean, report
+
+
+@dataclass
+class _ScrubbedSidecar:
+    """A sidecar being scrubbed: the keys kept so far, and which keys were removed, shifted, replaced or dropped."""
+
+    clean: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    shifted: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+
+def _scrub_sidecar_key(
+    scrubbed: _ScrubbedSidecar,
+    key: str,
+    value: Any,
+    allowed: frozenset[str],
+    placeholders: dict[str, Any],
+    date_offset: timedelta | None,
+) -> None:
+    """Keep, shift, replace, remove or drop one sidecar key that is allowed or a date key (adds to ``scrubbed``).
+
+    Parameters
+    ----------
+    scrubbed : _ScrubbedSidecar
+        The sidecar scrubbed so far.
+    key, value
+        The key and its source value.
+    allowed : frozenset of str
+        The modality's allow-list with the site's kept keys.
+    placeholders : dict
+        Required keys of the modality and the value that stands in for a failing one.
+    date_offset : timedelta or None
+        The subject's date shift; None removes dates and clock times.
+    """
+    shifted, problem = _shifted_or_problem(key, value, allowed, date_offset)
+    if shifted is not None:
+        scrubbed.clean[key] = shifted
+        scrubbed.shifted.append(key)
+    elif problem is None:
+        scrubbed.clean[key] = value
+    elif key in placeholders:
+        scrubbed.clean[key] = placeholders[key]
+        scrubbed.replaced.append(key)
+    elif date_offset is None and key in CLOCK_KEYS:
+        scrubbed.removed.append(key)
+    else:
+        scrubbed.dropped[key] = problem
+
+
+def _shifted_or_problem(
+    key: str, value: Any, allowed: frozenset[str], date_offset: timedelta | None
+) -> tuple[str | None, str | None]:
+    """Return a date key's shifted text and None, or None and why the value may not leave (None when it may).
+
+    >>> _shifted_or_problem("AcquisitionTime", "10:00:00", frozenset(), None)
+    (None, 'dates are removed')
+    >>> _shifted_or_problem("EchoTime", 0.003, frozenset({"EchoTime"}), None)
+    (None, None)
+    """
+    if key in CLOCK_KEYS and isinstance(value, str):
+        shifted = None if date_offset is None else shift_clock_text(value, date_offset)
+        if shifted is not None:
+            return shifted, None
+        return None, "dates are removed" if date_offset is None else "not a date or time in a known form"
+    return None, value_problem(key, value) if key in allowed else "a date key holding no date"
+
+
+def _check_no_identifying_keys(clean: dict[str, Any], transformed: set[str]) -> None:
+    """Fail closed when an identifying key is in ``clean`` with its value untransformed.
+
+    Raises
+    ------
+    ScrubError
+        An identifying key survived that is not in ``transformed`` (shifted, replaced or kept by the site).
+    """
     leaked = sorted(key for key in clean if key in IDENTIFYING_KEYS and key not in transformed)
     if leaked:
         raise ScrubError(f"identifying sidecar key(s) survived scrubbing: {', '.join(leaked)}")
-    shown, unknown = split_names(removed, own=site.drop_sidecar_keys)
-    return clean, ScrubReport(shown, unknown, tuple(shifted), tuple(dict.fromkeys(replaced)), dropped)
 
 
 def generalise_age(text: str) -> str | None:
@@ -451,37 +513,6 @@ def generalise_age(text: str) -> str | None:
     if age != age or age < 0:
         return None
     return OLDEST_AGE_LABEL if age >= OLDEST_AGE else text
-
-
-@dataclass(frozen=True)
-class Table:
-    """A BIDS TSV table as text cells.
-
-    Attributes
-    ----------
-    columns : tuple of str
-    rows : tuple of tuple of str
-    """
-
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Table:
-        """Parse TSV text (header line first; short rows padded with ``n/a``)."""
-        lines = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
-        if not lines:
-            return cls((), ())
-        columns = tuple(cell.strip() for cell in lines[0].split("\t"))
-        rows = []
-        for line in lines[1:]:
-            cells = [cell.strip() for cell in line.split("\t")][: len(columns)]
-            rows.append(tuple(cells + [MISSING] * (len(columns) - len(cells))))
-        return cls(columns, tuple(rows))
-
-    def to_text(self) -> str:
-        """Return the table as TSV text."""
-        return "".join("\t".join(cells) + "\n" for cells in (self.columns, *self.rows))
 
 
 def cell_problem(column: str, value: str) -> str | None:
@@ -676,15 +707,19 @@ def scrub_dataset_description(source: dict[str, Any], site: SitePolicy) -> tuple
     return carried, ScrubReport(removed=shown, unknown_removed=unknown, dropped=dropped)
 
 
-def scrub_nifti_header(image: nib.Nifti1Image) -> ScrubReport:
-    """Clear the header's free-text fields and drop its extensions, in place.
+def scrub_nifti_header(image: nib.Nifti1Image) -> tuple[nib.Nifti1Image, ScrubReport]:
+    """Return a copy of ``image`` without the header's free-text fields and extensions.
+
+    ``image`` itself is left as it is; the copy shares its data.
 
     Returns
     -------
+    nibabel.Nifti1Image
+        The image to write.
     ScrubReport
         The text fields that held something, and ``extensions`` when any were removed.
     """
-    header = image.header
+    header = image.header.copy()
     fields = [name for name in NIFTI_TEXT_FIELDS if name in header]  # NIfTI-2 has no db_name, data_type
     cleared = [name for name in fields if bytes(header[name].tobytes()).strip(b"\x00 ")]
     for name in fields:
@@ -692,4 +727,4 @@ def scrub_nifti_header(image: nib.Nifti1Image) -> ScrubReport:
     if header.extensions:
         cleared.append("extensions")
     header.extensions.clear()
-    return ScrubReport(removed=tuple(cleared))
+    return with_header(image, header), ScrubReport(removed=tuple(cleared))

@@ -35,20 +35,27 @@ from scipy import ndimage
 
 from . import __version__
 from .config import Config
-from .deface import ScanMasks, dilate_mm, rebuild_like, stored_value
 from .errors import BidsDefaceError
-from .images import (
-    HU_AIR,
-    HU_SOFT_TISSUE,
-    CtIntensities,
-    Scan,
+from .images import HU_AIR, HU_SOFT_TISSUE, CtIntensities, Scan, level_density
+from .masks import MASK_RESOLUTION_MM
+from .register import Registration, warp_template_masks
+from .templates import Template
+from .volumes import (
+    ants_grid_affine,
     block_expanded,
     block_factors,
     block_mean,
-    level_density,
+    bounding_box,
+    dice,
+    dilate_mm,
+    opened_mm,
+    rebuild_like,
+    signed_distance_mm,
+    single_solid_component,
+    stored_value,
+    to_ants,
+    voxels_for_mm,
 )
-from .register import MASK_RESOLUTION_MM, RAS_TO_LPS, Registration, to_ants, warp_template_masks
-from .templates import Template
 
 log = logging.getLogger(__name__)
 
@@ -178,54 +185,6 @@ def _checked(mask: np.ndarray, scan: Scan) -> np.ndarray:
     return mask
 
 
-def _padded_box(mask: np.ndarray, pad_mm: float, zooms: tuple[float, float, float]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``pad_mm`` plus one voxel, clipped to the array."""
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    pad = [int(np.ceil(pad_mm / z)) + 1 for z in zooms]
-    return tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, p, n in zip(box, pad, mask.shape, strict=True))
-
-
-def single_solid_component(mask: np.ndarray) -> np.ndarray:
-    """Return the largest connected component of ``mask`` (6-connected) with its holes filled.
-
-    >>> mask = np.zeros((5, 5, 5), bool); mask[1:4, 1:4, 1:4] = True; mask[2, 2, 2] = False; mask[0, 0, 0] = True
-    >>> cleaned = single_solid_component(mask)
-    >>> bool(cleaned[2, 2, 2]), bool(cleaned[0, 0, 0]), int(cleaned.sum())
-    (True, False, 27)
-    """
-    if not mask.any():
-        return mask.copy()
-    box = _padded_box(mask, 0.0, (1.0, 1.0, 1.0))
-    labels, count = ndimage.label(mask[box])
-    part = labels > 0
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        part = labels == int(np.argmax(sizes))
-    solid = np.zeros(mask.shape, bool)
-    solid[box] = ndimage.binary_fill_holes(part)
-    return solid
-
-
-def opened_mm(mask: np.ndarray, zooms: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    """Open ``mask`` with a ball of ``radius_mm`` (exact Euclidean distances; fast for large balls).
-
-    >>> mask = np.zeros((20, 20, 20), bool); mask[4:16, 4:16, 4:16] = True; mask[10, 10, 16:19] = True
-    >>> opened = opened_mm(mask, (1.0, 1.0, 1.0), 2.0)
-    >>> bool(opened[10, 10, 17]), bool(opened[10, 10, 10])
-    (False, True)
-    """
-    if not mask.any():
-        return mask.copy()
-    box = _padded_box(mask, radius_mm, zooms)
-    part = mask[box]
-    core = ndimage.distance_transform_edt(part, sampling=zooms) > radius_mm
-    opened = np.zeros(mask.shape, bool)
-    if core.any():
-        opened[box] = (ndimage.distance_transform_edt(~core, sampling=zooms) <= radius_mm) & part
-    return opened
-
-
 def hounsfield(volume: np.ndarray, ct: CtIntensities) -> np.ndarray:
     """Map CT intensities to Hounsfield units through the air and soft-tissue peaks (exact for HU storage).
 
@@ -276,14 +235,6 @@ def peak_width(volume: np.ndarray, centre: float) -> float:
     return float(np.sqrt(max((stop - start) ** 2 - smoothing**2, 0.0)))
 
 
-def _ants_grid_affine(image: ants.ANTsImage) -> np.ndarray:
-    """Return the voxel-to-RAS affine of an ANTs image (inverse of :func:`bidsdeface.register.to_ants`)."""
-    lps = np.eye(4)
-    lps[:3, :3] = np.asarray(image.direction) * np.asarray(image.spacing)
-    lps[:3, 3] = image.origin
-    return RAS_TO_LPS @ lps
-
-
 def _unit_scaled(volume: np.ndarray, region: np.ndarray) -> np.ndarray:
     top = float(np.percentile(volume[region], INTENSITY_PERCENTILE)) if region.any() else float(volume.max())
     return np.clip(volume / max(top, 1e-6), 0.0, 1.5).astype(np.float32)
@@ -299,7 +250,7 @@ def deformed_template_brain(scan: Scan, template: Template, registration: Regist
     """
     fixed = to_ants(*block_mean(scan.reference, scan.image.affine, DEFORMABLE_RESOLUTION_MM / 2))
     fixed = ants.resample_image(fixed, (DEFORMABLE_RESOLUTION_MM,) * 3, use_voxels=False, interp_type=0)
-    fixed_affine = _ants_grid_affine(fixed)
+    fixed_affine = ants_grid_affine(fixed)
     placed = warp_template_masks(fixed.shape, fixed_affine, [template.brain], template, registration)[0]
     region = dilate_mm(placed, (DEFORMABLE_RESOLUTION_MM,) * 3, DEFORMABLE_REGION_MM)
     fixed = fixed.new_image_like(_unit_scaled(fixed.numpy(), region))
@@ -327,13 +278,6 @@ def deformed_template_brain(scan: Scan, template: Template, registration: Regist
     return warp_template_masks(scan.reference.shape, scan.image.affine, [template.brain], template, deformed)[0]
 
 
-def _signed_distance_mm(mask: np.ndarray, zooms: tuple[float, float, float]) -> np.ndarray:
-    """Distance to the boundary of ``mask`` in mm: negative inside, positive outside."""
-    inside = ndimage.distance_transform_edt(mask, sampling=zooms)
-    outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
-    return np.where(mask, -inside, outside).astype(np.float32)
-
-
 def _density(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), edges)
     smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), HISTOGRAM_SMOOTHING_BINS) + 1e-3
@@ -351,11 +295,8 @@ def refined_on_intensities(volume: np.ndarray, zooms: tuple[float, float, float]
     if not prior.any():
         return prior
     reach = REFERENCE_SHELL_MM[1] + 1.0
-    box = tuple(
-        slice(max(0, s.start - int(np.ceil(reach / z))), min(n, s.stop + int(np.ceil(reach / z))))
-        for s, z, n in zip(ndimage.find_objects(prior.astype(np.uint8))[0], zooms, prior.shape, strict=True)
-    )
-    signed = _signed_distance_mm(prior[box], zooms)
+    box = bounding_box(prior, voxels_for_mm(reach, zooms, extra=0))
+    signed = signed_distance_mm(prior[box], zooms)
     values = ndimage.gaussian_filter(volume[box].astype(np.float32), REFINE_SMOOTHING_MM / np.asarray(zooms))
     near, far = REFERENCE_SHELL_MM
     inner = (signed <= -near) & (signed >= -far)
@@ -429,13 +370,6 @@ def learned_brain(scan: Scan, threads: int) -> np.ndarray:
     return np.asanyarray(mask.dataobj).reshape(scan.reference.shape) > 0
 
 
-def with_brain_protected(
-    masks: ScanMasks, brain: np.ndarray, zooms: tuple[float, float, float], margin_mm: float
-) -> ScanMasks:
-    """Return ``masks`` whose protected region also covers ``brain`` grown by ``margin_mm``."""
-    return replace(masks, protect=masks.protect | dilate_mm(brain, zooms, margin_mm))
-
-
 def brain_only_image(
     source: nib.Nifti1Image, stored: np.ndarray, brain: np.ndarray, background: float
 ) -> nib.Nifti1Image:
@@ -465,17 +399,16 @@ def brain_metrics(
     """
     voxel_ml = float(np.prod(zooms)) / 1000.0
     faces = _faces(brain.shape)
-    box = _padded_box(brain, 0.0, (1.0, 1.0, 1.0)) if brain.any() else tuple(slice(0, n) for n in brain.shape)
+    box = bounding_box(brain, (1, 1, 1))
     _, components = ndimage.label(brain[box])
     background, background_pieces = ndimage.label(~brain[box])
     edge_pieces = set(np.unique(background[_faces(background.shape)]).tolist()) - {0}
-    total = int(brain.sum()) + int(template_brain.sum())
     return {
         "brain_volume_ml": round(float(brain.sum()) * voxel_ml, 1),
         "brain_components": int(components),
         "brain_holes": int(background_pieces - len(edge_pieces)),
         "brain_template_volume_ratio": round(float(brain.sum()) / max(int(template_brain.sum()), 1), 3),
-        "brain_template_dice": round(2.0 * float((brain & template_brain).sum()) / total, 4) if total else 0.0,
+        "brain_template_dice": round(dice(brain, template_brain), 4),
         "brain_in_view": not bool(template_brain[faces].any()),
     }
 

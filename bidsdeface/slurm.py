@@ -9,6 +9,7 @@ measurements of ``benchmarks/benchmark.py`` (``measured_resources.json``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -21,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config
-from .derivatives import write_bytes_atomic
+from .config import DATE_SHIFT_KEY_ENV, Config
 from .discover import ScanJob, find_scans
 from .errors import OutputError, UsageError
+from .files import Table, write_bytes_atomic
 from .identity import needs_private_folder, private_folder
-from .scrub import Table
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,22 @@ MEMORY_SAFETY = 1.5
 MEMORY_STEP_GB = 0.5
 GROUP_JOB = {"cpus": 1, "memory_gb": 2.0, "minutes": 30}
 GROUP_TASK_ID = 0
-DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
+# Options the script sets per task itself, or must not write down (the key is a secret).
+NOT_PASSED_TO_TASKS = frozenset(
+    {
+        "participant_label",
+        "skip_bids_validation",
+        "nprocs",
+        "omp_nthreads",
+        "date_shift_key",
+        "write_slurm_array",
+        "slurm_max_parallel",
+        "slurm_partition",
+        "slurm_account",
+        "slurm_log_dir",
+        "apptainer_image",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -161,64 +176,98 @@ def _bind_mounts(config: Config, task_options: list[str]) -> list[str]:
     return binds
 
 
-def array_script(
-    config: Config, settings: ArraySettings, subjects: list[str], task_options: list[str], needs: TaskResources
-) -> str:
-    """Return the text of the job-array script (pure).
+def task_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Return the options a SLURM task needs to repeat this run: those given, paths made absolute.
 
-    ``task_options`` are the command-line options every task passes on (methods,
-    filters, scrub rules), with absolute paths; the script adds the subject, the
-    thread count and ``--skip-bids-validation`` (the input was validated once, when
-    the script was written).
+    Options in :data:`NOT_PASSED_TO_TASKS` are left out: the script sets them per task, or
+    (the date-shift key) must not write them down.
+
+    >>> from bidsdeface.cli import build_parser
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["in", "out", "participant", "--method", "blur", "-vv", "--nprocs", "2"])
+    >>> task_options(parser, args)
+    ['--method', 'blur', '--verbose', '--verbose']
     """
-    q = shlex.quote
-    count = len(subjects)
-    logs = settings.logs
+    options: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in NOT_PASSED_TO_TASKS or action.default == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = next(option for option in action.option_strings if option.startswith("--"))
+        if isinstance(action, argparse._StoreTrueAction):
+            options.append(flag)
+        elif isinstance(action, argparse._CountAction):
+            options += [flag] * value
+        else:
+            values = value if isinstance(value, list) else [value]
+            options += [flag, *(str(v.absolute()) if isinstance(v, Path) else str(v) for v in values)]
+    return options
+
+
+def _directives(settings: ArraySettings, needs: TaskResources, count: int) -> list[str]:
+    """Return the ``#SBATCH`` lines of the array."""
     directives = [
         "--job-name=bidsdeface",
         f"--array=1-{count}%{settings.max_parallel}",
         f"--cpus-per-task={needs.cpus}",
         f"--mem={math.ceil(needs.memory_gb * 1024)}M",
         f"--time={needs.time}",
-        f"--output={logs}/bidsdeface_%A_%a.log",
+        f"--output={settings.logs}/bidsdeface_%A_%a.log",
     ]
     directives += [f"--partition={settings.partition}"] if settings.partition else []
     directives += [f"--account={settings.account}"] if settings.account else []
-    group_options = [
-        f"--array={GROUP_TASK_ID}",
-        "--job-name=bidsdeface-group",
-        f"--cpus-per-task={GROUP_JOB['cpus']}",
-        f"--mem={math.ceil(GROUP_JOB['memory_gb'] * 1024)}M",
-        f"--time={GROUP_JOB['minutes'] // 60:02d}:{GROUP_JOB['minutes'] % 60:02d}:00",
+    return [f"#SBATCH {directive}" for directive in directives]
+
+
+def _group_options() -> str:
+    """Return the ``sbatch`` options of the group-level job (task :data:`GROUP_TASK_ID` of the same script)."""
+    return " ".join(
+        [
+            f"--array={GROUP_TASK_ID}",
+            "--job-name=bidsdeface-group",
+            f"--cpus-per-task={GROUP_JOB['cpus']}",
+            f"--mem={math.ceil(GROUP_JOB['memory_gb'] * 1024)}M",
+            f"--time={GROUP_JOB['minutes'] // 60:02d}:{GROUP_JOB['minutes'] % 60:02d}:00",
+        ]
+    )
+
+
+def _runner(config: Config, settings: ArraySettings, task_options: list[str]) -> tuple[list[str], list[Path]]:
+    """Return the ``run_bidsdeface`` shell function, and the folders to create before submitting (bind targets)."""
+    if not settings.apptainer_image:
+        return ["run_bidsdeface() {", '    exec bidsdeface "$@"', "}"], []
+    q = shlex.quote
+    binds = " ".join(f"--bind {q(bind)}" for bind in _bind_mounts(config, task_options))
+    runner = [
+        "run_bidsdeface() {",
+        "    # The container sees the same paths as the host; the date-shift key passes through the environment.",
+        f'    if [ -n "${{{DATE_SHIFT_KEY_ENV}:-}}" ]; then',
+        f'        export APPTAINERENV_{DATE_SHIFT_KEY_ENV}="${DATE_SHIFT_KEY_ENV}"',
+        "    fi",
+        f'    exec apptainer run --cleanenv {binds} {q(settings.apptainer_image)} "$@"',
+        "}",
     ]
-    if settings.apptainer_image:
-        binds = " ".join(f"--bind {q(bind)}" for bind in _bind_mounts(config, task_options))
-        runner = [
-            "run_bidsdeface() {",
-            "    # The container sees the same paths as the host; the date-shift key passes through the environment.",
-            f'    if [ -n "${{{DATE_SHIFT_KEY_ENV}:-}}" ]; then',
-            f'        export APPTAINERENV_{DATE_SHIFT_KEY_ENV}="${DATE_SHIFT_KEY_ENV}"',
-            "    fi",
-            f'    exec apptainer run --cleanenv {binds} {q(settings.apptainer_image)} "$@"',
-            "}",
-        ]
-        folders = [config.output_dir, *([private_folder(config)] if needs_private_folder(config) else [])]
-    else:
-        runner = ["run_bidsdeface() {", '    exec bidsdeface "$@"', "}"]
-        folders = []
-    key_check = []
-    if config.date_shift_key is not None:
-        key_check = [
-            f'if [ -z "${{{DATE_SHIFT_KEY_ENV}:-}}" ]; then',
-            f'    echo "error: export {DATE_SHIFT_KEY_ENV} (the --date-shift-key secret) before submitting; '
-            'it is never written into this script" >&2',
-            "    exit 64",
-            "fi",
-        ]
-    task_line = " ".join(q(option) for option in task_options)
-    lines = [
-        "#!/bin/bash",
-        *(f"#SBATCH {directive}" for directive in directives),
+    return runner, [config.output_dir, *([private_folder(config)] if needs_private_folder(config) else [])]
+
+
+def _key_check(config: Config) -> list[str]:
+    """Return the lines that refuse to submit without the date-shift key in the environment, when the run uses one."""
+    if config.date_shift_key is None:
+        return []
+    return [
+        f'if [ -z "${{{DATE_SHIFT_KEY_ENV}:-}}" ]; then',
+        f'    echo "error: export {DATE_SHIFT_KEY_ENV} (the --date-shift-key secret) before submitting; '
+        'it is never written into this script" >&2',
+        "    exit 64",
+        "fi",
+    ]
+
+
+def _header(config: Config, needs: TaskResources, count: int) -> list[str]:
+    """Return the comment block: what wrote the script, how to submit it, why its tasks are safe together."""
+    return [
         f"# Written by bidsdeface {__version__} on {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
         f"{count} subject(s) of {config.bids_dir}, one per array task.",
         "#",
@@ -231,34 +280,36 @@ def array_script(
         "# they can all write into OUTPUT_DIR at once. A task killed by its time limit leaves no",
         "# partial files; resubmit it (sbatch --array=K THIS_FILE) and it finishes the subject.",
         "# Labels here are the input's: keep this file and its logs with the input, not the output.",
-        "set -euo pipefail",
-        "",
-        f"BIDS_DIR={q(str(config.bids_dir))}",
-        f"OUTPUT_DIR={q(str(config.output_dir))}",
-        "SUBJECTS=(",
-        *(f"    {q(subject)}" for subject in subjects),
-        ")",
-        f"LOG_DIR={q(str(logs))}",
-        "",
-        *runner,
-        "",
+    ]
+
+
+def _submission(config: Config, settings: ArraySettings, count: int, folders: list[Path]) -> list[str]:
+    """Return the lines run without a task id (``bash FILE``): submit the array and the group job after it."""
+    q = shlex.quote
+    return [
         'if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then',
         "    if ! command -v sbatch >/dev/null 2>&1; then",
         "        echo \"error: sbatch not found; run 'bash $0' on a SLURM login node, or one task with "
         'SLURM_ARRAY_TASK_ID=1 bash $0" >&2',
         "        exit 69",
         "    fi",
-        *(f"    {line}" for line in key_check),
+        *(f"    {line}" for line in _key_check(config)),
         '    mkdir -p "$LOG_DIR"' + "".join(f" {q(str(folder))}" for folder in folders),
         '    array_job=$(sbatch --parsable "$0")',
         '    array_job="${array_job%%;*}"',
-        f'    group_job=$(sbatch --parsable --dependency=afterany:"$array_job" {" ".join(group_options)} "$0")',
+        f'    group_job=$(sbatch --parsable --dependency=afterany:"$array_job" {_group_options()} "$0")',
         '    group_job="${group_job%%;*}"',
         f'    echo "submitted job array $array_job ({count} task(s), at most {settings.max_parallel} at a time) '
         'and group job $group_job (after all tasks); logs in $LOG_DIR"',
         "    exit 0",
         "fi",
-        "",
+    ]
+
+
+def _task(count: int, needs: TaskResources, task_options: list[str]) -> list[str]:
+    """Return the lines run with a task id: the group level (0) or the task's subject (1-N)."""
+    task_line = " ".join(shlex.quote(option) for option in task_options)
+    return [
         f'if [ "$SLURM_ARRAY_TASK_ID" -eq {GROUP_TASK_ID} ]; then',
         f'    exec_args=("$BIDS_DIR" "$OUTPUT_DIR" group {task_line})',
         f'elif [ "$SLURM_ARRAY_TASK_ID" -ge 1 ] && [ "$SLURM_ARRAY_TASK_ID" -le {count} ]; then',
@@ -270,6 +321,40 @@ def array_script(
         "    exit 64",
         "fi",
         'run_bidsdeface "${exec_args[@]}"',
+    ]
+
+
+def array_script(
+    config: Config, settings: ArraySettings, subjects: list[str], task_options: list[str], needs: TaskResources
+) -> str:
+    """Return the text of the job-array script (pure).
+
+    ``task_options`` are the command-line options every task passes on (methods,
+    filters, scrub rules), with absolute paths; the script adds the subject, the
+    thread count and ``--skip-bids-validation`` (the input was validated once, when
+    the script was written).
+    """
+    q = shlex.quote
+    count = len(subjects)
+    runner, folders = _runner(config, settings, task_options)
+    lines = [
+        "#!/bin/bash",
+        *_directives(settings, needs, count),
+        *_header(config, needs, count),
+        "set -euo pipefail",
+        "",
+        f"BIDS_DIR={q(str(config.bids_dir))}",
+        f"OUTPUT_DIR={q(str(config.output_dir))}",
+        "SUBJECTS=(",
+        *(f"    {q(subject)}" for subject in subjects),
+        ")",
+        f"LOG_DIR={q(str(settings.logs))}",
+        "",
+        *runner,
+        "",
+        *_submission(config, settings, count, folders),
+        "",
+        *_task(count, needs, task_options),
         "",
     ]
     return "\n".join(lines)

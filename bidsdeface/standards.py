@@ -57,6 +57,13 @@ def schema_version() -> str:
     return str(_schema().bids_version)
 
 
+@lru_cache(maxsize=1)
+def entity_order() -> tuple[str, ...]:
+    """Return the BIDS entities' short names in the order file names carry them."""
+    schema = _schema()
+    return tuple(schema.objects.entities[entity]["name"] for entity in schema.rules.entities)
+
+
 def dicom_definition(keyword: str) -> tuple[str, str] | None:
     """Return the DICOM dictionary's (VR, VM) for a keyword, or None when it is not a DICOM keyword.
 

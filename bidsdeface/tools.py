@@ -71,14 +71,27 @@ def run(
     ToolError
         The program is missing, exits with another code, times out, or does not
         write an expected file. The message names the program and ends with the
-        tail of its stderr.
+        tail of its stderr; ``returncode`` holds the exit code when there was one.
     """
     argv = [str(a) for a in args]
     argv[0] = which(argv[0])
-    name = Path(argv[0]).name
     log.debug("running %s", " ".join(argv))
+    proc = _run_once(argv, timeout, cwd)
+    name = Path(argv[0]).name
+    if proc.returncode not in ok_codes:
+        tail = (proc.stderr or proc.stdout).strip()[-STDERR_TAIL_CHARS:]
+        raise ToolError(f"{name}: exit code {proc.returncode}: {tail}", returncode=proc.returncode)
+    missing = [str(p) for p in expect if not Path(p).exists()]
+    if missing:
+        raise ToolError(f"{name}: finished but did not write {', '.join(missing)}")
+    return ToolResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def _run_once(argv: list[str], timeout: float | None, cwd: Path | None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (no shell, no stdin, output captured as text); raise ToolError if it cannot start or finish."""
+    name = Path(argv[0]).name
     try:
-        proc = subprocess.run(
+        return subprocess.run(
             argv,
             capture_output=True,
             text=True,
@@ -92,10 +105,3 @@ def run(
         raise ToolError(f"{name}: timed out after {timeout} s") from exc
     except OSError as exc:
         raise ToolError(f"{name}: could not start ({exc.strerror})") from exc
-    if proc.returncode not in ok_codes:
-        tail = (proc.stderr or proc.stdout).strip()[-STDERR_TAIL_CHARS:]
-        raise ToolError(f"{name}: exit code {proc.returncode}: {tail}")
-    missing = [str(p) for p in expect if not Path(p).exists()]
-    if missing:
-        raise ToolError(f"{name}: finished but did not write {', '.join(missing)}")
-    return ToolResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsdeface.derivatives import TEMP_PREFIX
+from bidsdeface.files import TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -181,7 +181,7 @@ def converted_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Subjects are named after :data:`DICOM_SERIES` keys.
     """
-    from bidsdeface.cli import convert_main
+    from bidsdeface.convert_cli import main as convert_main
 
     if not SHARED.is_dir():
         pytest.skip(f"shared real data not found at {SHARED}")
@@ -464,9 +464,13 @@ def head_paths(run: dict, label: str, out_key: str = "out") -> tuple[Path, Path,
 
 
 @pytest.fixture(scope="session")
-def independent_registrations() -> dict:
-    """A cache of second, independent template registrations by scan path (session-wide)."""
-    return {}
+def rerun_registrations(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A cache of template registrations rerun in the test process, by scan path (session-wide).
+
+    Same code and seed as the pipeline's, but a different thread count: not bit-identical.
+    ``work`` holds their transform files.
+    """
+    return {"work": tmp_path_factory.mktemp("rerun")}
 
 
 def register_again(cache: dict, path: Path) -> tuple:
@@ -480,12 +484,14 @@ def register_again(cache: dict, path: Path) -> tuple:
         scan = load_scan(path)
         template = load_template()
         config = Config(bids_dir=Path("."), output_dir=Path("."))
-        cache[path] = (scan, template, register_template(scan, template, config))
+        work = cache["work"] / str(len(cache))
+        work.mkdir()
+        cache[path] = (scan, template, register_template(scan, template, config, work))
     return cache[path]
 
 
 @pytest.fixture(scope="session")
-def broken_cases(heads_run: dict, independent_registrations: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def broken_cases(heads_run: dict, rerun_registrations: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """QC of two deliberately broken defacings of the real prone Prisma head (session-wide).
 
     ``undefaced``: the input passed off as its own output. ``wrong_transform``: the
@@ -495,13 +501,15 @@ def broken_cases(heads_run: dict, independent_registrations: dict, tmp_path_fact
     import ants
 
     from bidsdeface.config import Config
-    from bidsdeface.deface import deface_image, real_values, stored_data
+    from bidsdeface.deface import deface_image
     from bidsdeface.images import foreground_threshold
+    from bidsdeface.masks import scan_masks
     from bidsdeface.qc import check_scan
-    from bidsdeface.register import Registration, scan_masks
+    from bidsdeface.register import Registration
+    from bidsdeface.volumes import real_values, stored_data
 
     raw_path = head_paths(heads_run, "prismaHFP")[0]
-    scan, template, registration = register_again(independent_registrations, raw_path)
+    scan, template, registration = register_again(rerun_registrations, raw_path)
     shift_file = tmp_path_factory.mktemp("shift") / "shift60mm.mat"
     shift = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=(0.0, -60.0, 0.0))
     ants.write_transform(shift, str(shift_file))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bidsdeface.cli import build_parser, config_from_args, main
+from bidsdeface.config import CONTAINER_IMAGE_ENV, DATE_SHIFT_KEY_ENV
 
 from .conftest import EXAMPLE, SHARED, make_dataset, needs_shared, run_validator, tree_digest
 
@@ -28,23 +29,36 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_label_prefixes_and_aliases() -> None:
     args = build_parser().parse_args(["in", "out", "participant", "--participant_label", "sub-01", "02"])
-    from bidsdeface.cli import config_from_args
-
     assert config_from_args(args).participant_labels == ("01", "02")
 
 
 @pytest.mark.parametrize(
-    ("argv", "code"),
+    ("argv", "code", "message"),
     [
-        (["in", "out", "sideways"], 17),
-        (["in", "out", "participant", "--nprocs", "0"], 64),
-        (["in", "out", "participant", "--method", "melt"], 64),
+        (["in", "out", "sideways"], 17, "argument analysis_level: invalid choice: 'sideways' (choose from "),
+        (["in", "out", "participant", "--nprocs", "0"], 64, "argument --nprocs: must be >= 1, not 0"),
+        (["in", "out", "participant", "--method", "melt"], 64, "argument --method: invalid choice: 'melt'"),
+        # the level decides 17 by its value, not by the words of argparse's message
+        (["in", "out", "participant", "--method", "analysis_level"], 64, "invalid choice: 'analysis_level'"),
+        (["in", "out"], 64, "the following arguments are required: analysis_level"),
+        (["in", "out", "group", "extra"], 64, "unrecognized arguments: extra"),
     ],
 )
-def test_usage_errors(argv: list[str], code: int) -> None:
+def test_usage_errors(argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == code
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("bidsdeface: error: ") and message in error
+
+
+def test_date_shift_key_and_container_image_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATE_SHIFT_KEY_ENV, "from-env")
+    monkeypatch.setenv(CONTAINER_IMAGE_ENV, "bidsdeface/bidsdeface:test")
+    config = config_from_args(build_parser().parse_args(["in", "out", "group"]))
+    assert config.date_shift_key == "from-env" and config.container_image == "bidsdeface/bidsdeface:test"
+    given = build_parser().parse_args(["in", "out", "group", "--date-shift-key", "given"])
+    assert config_from_args(given).date_shift_key == "given"
 
 
 def test_missing_and_empty_input(tmp_path: Path) -> None:
@@ -84,20 +98,6 @@ def test_work_dir_inside_input_or_output_refused(tmp_path: Path) -> None:
     assert main([str(bids), str(out), "participant", "-w", str(bids / "scratch"), *slurm]) == 64
     assert tree_digest(bids) == before and _paths(bids) == listed
     assert not out.exists() and not (tmp_path / "hpc").exists()
-
-
-@needs_shared
-def test_convert_work_dir_inside_its_folders_refused(tmp_path: Path) -> None:
-    from bidsdeface.cli import convert_main
-
-    dicom = tmp_path / "dicom"
-    dicom.mkdir()
-    source = sorted((SHARED / "dicom_mri_t1w_siemens_trio_mprage").glob("*.dcm"))[0]
-    shutil.copyfile(source, dicom / source.name)
-    bids = tmp_path / "bids"
-    for work in (dicom / "scratch", dicom, bids / "scratch"):
-        assert convert_main([str(dicom), str(bids), "--participant-label", "01", "-w", str(work)]) == 64, work
-    assert _paths(dicom) == [source.name] and not bids.exists()
 
 
 def test_unwritable_output(tmp_path: Path) -> None:

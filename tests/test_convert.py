@@ -10,14 +10,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsdeface.cli import convert_main
-from bidsdeface.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE
+from bidsdeface import convert as convert_module
+from bidsdeface.classify import Decision, SeriesHeader
+from bidsdeface.convert import SeriesNotConverted, convert_series
+from bidsdeface.convert_cli import main as convert_main
+from bidsdeface.dicom import Patient, Series
+from bidsdeface.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, ToolError
+from bidsdeface.files import Table
 from bidsdeface.policy import CLOCK_KEYS, IDENTIFYING_KEYS, MODALITY_SIDECAR_KEYS
-from bidsdeface.scrub import Table
 
 from .conftest import DICOM_SERIES, SHARED, needs_shared, run_validator, tree_digest
-
-pytestmark = needs_shared
 
 EXPECTED = {
     "trio": ("anat/sub-trio_T1w.nii.gz", "T1w: series description and echo/repetition/inversion times agree"),
@@ -45,6 +47,7 @@ def _one_line_error(captured: pytest.CaptureFixture[str]) -> str:
     return errors[0]
 
 
+@needs_shared
 @pytest.mark.parametrize("label", list(DICOM_SERIES))
 def test_real_series_convert_classify_and_validate(converted_dataset: Path, label: str) -> None:
     relpath, reason = EXPECTED[label]
@@ -66,6 +69,7 @@ def test_real_series_convert_classify_and_validate(converted_dataset: Path, labe
         assert scans.rows[0][1][11:] == sidecar["AcquisitionTime"][:8]  # dates move by whole days: times kept
 
 
+@needs_shared
 def test_converted_dataset_is_valid_bids(converted_dataset: Path) -> None:
     result = run_validator(converted_dataset)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -77,6 +81,7 @@ def test_converted_dataset_is_valid_bids(converted_dataset: Path) -> None:
             assert not any(name.encode() in text for name in PATIENT_NAMES), path
 
 
+@needs_shared
 def test_images_match_a_direct_dcm2niix_conversion(converted_dataset: Path, dicom_heads: dict[str, Path]) -> None:
     for label, direct in dicom_heads.items():
         ours = nib.load(converted_dataset / f"sub-{label}" / EXPECTED[label][0])
@@ -85,6 +90,7 @@ def test_images_match_a_direct_dcm2niix_conversion(converted_dataset: Path, dico
         assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
 
 
+@needs_shared
 def test_ct_tilt_is_corrected(converted_dataset: Path) -> None:
     image = nib.load(converted_dataset / "sub-ct" / EXPECTED["ct"][0])
     # dcm2niix's tilt correction resamples onto an orthogonal grid: axes are perpendicular
@@ -94,6 +100,7 @@ def test_ct_tilt_is_corrected(converted_dataset: Path) -> None:
     assert data.min() < -1000 < np.median(data[data > -1100]) < 100
 
 
+@needs_shared
 def test_mixed_patients_refused_then_mapped(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     mixed = tmp_path / "export"
     _copy("trio", mixed / "a")
@@ -130,6 +137,7 @@ def test_mixed_patients_refused_then_mapped(tmp_path: Path, capfd: pytest.Captur
     assert not list(bids.glob(".bidsdeface-tmp-*"))
 
 
+@needs_shared
 def test_compressed_transfer_syntax_converts_identically(tmp_path: Path, converted_dataset: Path) -> None:
     import pydicom
     from pydicom.uid import RLELossless
@@ -161,6 +169,7 @@ def _drop_middle_slice(folder: Path) -> None:
     by_position[len(by_position) // 2].unlink()
 
 
+@needs_shared
 @pytest.mark.parametrize(
     ("damage", "code", "message"),
     [
@@ -205,20 +214,7 @@ def test_unusable_folders_give_one_line_errors(
     assert message in _one_line_error(capfd)
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--participant-label", "0 1"], "letters and digits only"),
-        ([], "--participant-label is required"),
-        (["--participant-label", "01", "--map", "m.tsv"], "not both"),
-    ],
-)
-def test_usage_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    folder = _copy("prismaHFS", tmp_path / "dicom")
-    assert convert_main([str(folder), str(tmp_path / "bids"), *args]) == EXIT_USAGE
-    assert message in _one_line_error(capfd)
-
-
+@needs_shared
 def test_one_patient_two_studies_needs_a_mapping(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     export = tmp_path / "export"
     _copy("prismaHFS", export / "supine")
@@ -243,6 +239,7 @@ def _variant(source: Path, target: Path, number: int, **attributes: object) -> N
         dataset.save_as(target / path.name)
 
 
+@needs_shared
 def test_runs_acquisitions_and_exclusions_in_one_study(tmp_path: Path) -> None:
     source = SHARED / DICOM_SERIES["prismaHFS"]
     export = tmp_path / "export"
@@ -273,3 +270,28 @@ def test_runs_acquisitions_and_exclusions_in_one_study(tmp_path: Path) -> None:
         assert row["reason"].startswith(reason), row
         assert output == "" or (bids / output).is_file()
     assert run_validator(bids).returncode == 0
+
+
+def _junk_series(folder: Path) -> Series:
+    folder.mkdir()
+    (folder / "junk.dcm").write_text("not a DICOM file\n")
+    return Series("1.2.3", "1.2.4", Patient("", "", ""), 7, SeriesHeader(modality="MR"), [folder / "junk.dcm"])
+
+
+def test_dcm2niix_failure_is_a_failed_row_with_its_exit_code(tmp_path: Path) -> None:
+    """dcm2niix really runs, finds no DICOM and exits 2: the row says so, from ToolError.returncode."""
+    with pytest.raises(SeriesNotConverted) as caught:
+        convert_series(_junk_series(tmp_path / "in"), Decision("T1w", "T1w"), tmp_path / "work")
+    row = caught.value.outcome
+    assert (row.number, row.decision, row.output) == (7, "failed", "")
+    assert row.reason == "dcm2niix could not convert it (exit code 2)"
+
+
+def test_dcm2niix_without_exit_code_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def timed_out(*args: object, **kwargs: object) -> None:
+        raise ToolError("dcm2niix: timed out after 900 s")
+
+    monkeypatch.setattr(convert_module, "run", timed_out)
+    with pytest.raises(SeriesNotConverted) as caught:
+        convert_series(_junk_series(tmp_path / "in"), Decision("T1w", "T1w"), tmp_path / "work")
+    assert caught.value.outcome.reason == "dcm2niix could not convert it (exit code unknown)"

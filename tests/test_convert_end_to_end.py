@@ -27,8 +27,8 @@ pytestmark = [needs_shared, pytest.mark.slow]
 KEY = "EndToEndKey-51c2"
 
 
-def _run(entry: str, *args: str) -> subprocess.CompletedProcess[str]:
-    code = f"import sys; from bidsdeface.cli import {entry}; sys.exit({entry}(sys.argv[1:]))"
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; from bidsdeface.{module} import main; sys.exit(main(sys.argv[1:]))"
     command = [sys.executable, "-c", code, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
 
@@ -43,10 +43,10 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict:
     bids, out = root / "bids", root / "out"
     logs = {}
     options = ["--participant-label", "planted", "--date-shift-key", KEY, "-v"]
-    result = _run("convert_main", str(planted), str(bids), *options)
+    result = _run("convert_cli", str(planted), str(bids), *options)
     assert result.returncode == 0, result.stderr[-2000:]
     logs["convert"] = result.stderr + result.stdout
-    result = _run("main", str(bids), str(out), "participant", "--date-shift-key", KEY, "-v")
+    result = _run("cli", str(bids), str(out), "participant", "--date-shift-key", KEY, "-v")
     logs["deface"] = result.stderr + result.stdout
     return {"bids": bids, "out": out, "code": result.returncode, "logs": logs, "mark": mark, "planted": planted,
             "before": before}  # fmt: skip

@@ -8,8 +8,10 @@ import nibabel as nib
 import numpy as np
 
 from bidsdeface.config import Config
-from bidsdeface.deface import ScanMasks, deface_image, dilate_mm, removal_mask
+from bidsdeface.deface import deface_image
+from bidsdeface.masks import ScanMasks, removal_mask
 from bidsdeface.qc import measure
+from bidsdeface.volumes import dilate_mm
 
 CONFIG = Config(bids_dir=Path("."), output_dir=Path("."))
 
@@ -78,43 +80,3 @@ def test_blur_changes_every_removed_voxel_and_nothing_else() -> None:
     assert out.dtype == np.uint8
     assert np.array_equal(out[~removed], data[~removed])
     assert np.corrcoef(out[removed].astype(float), data[removed].astype(float))[0, 1] < 0.3
-
-
-def test_dilate_mm_anisotropic() -> None:
-    mask = np.zeros((21, 21, 21), bool)
-    mask[10, 10, 10] = True
-    grown = dilate_mm(mask, (1.0, 1.0, 4.0), 4.0)
-    assert grown[10, 14, 10] and not grown[10, 15, 10]
-    assert grown[10, 10, 11] and not grown[10, 10, 12]
-
-
-def _ball_head_with_fin(shape: tuple[int, int, int] = (60, 60, 60)) -> tuple[np.ndarray, np.ndarray]:
-    """A 20 mm-radius ball (skull and scalp) with a 2 mm-thin fin beside it (a pinna), and the fin."""
-    grid = np.indices(shape)
-    head = ((grid - 30) ** 2).sum(axis=0) <= 20**2
-    fin = np.zeros(shape, bool)
-    fin[50:58, 28:30, 22:38] = True  # 8 mm out from the ball's side, 2 mm thick
-    return head | fin, fin & ~head
-
-
-def test_thin_tissue_is_the_fin_not_the_head() -> None:
-    from bidsdeface.deface import thin_tissue
-
-    head, fin = _ball_head_with_fin()
-    thin = thin_tissue(head, np.ones(head.shape, bool), (1.0, 1.0, 1.0))
-    assert thin[fin].mean() > 0.9
-    assert thin[head & ~fin].mean() < 0.01  # a few voxels of the ball's staircase surface
-
-
-def test_ear_tissue_takes_a_pinna_next_to_the_ear_region_and_cut_by_the_field_of_view() -> None:
-    from bidsdeface.deface import ear_tissue
-
-    head, fin = _ball_head_with_fin()
-    ears = np.zeros(head.shape, bool)
-    ears[50:, 20:24, 20:40] = True  # the template's region, just behind the fin
-    protect = np.zeros(head.shape, bool)
-    pinna = ear_tissue(head, ears, protect, (1.0, 1.0, 1.0))
-    assert pinna[fin].all()  # the rim takes the few voxels next to the ball
-    cut = ear_tissue(head[:54], ears[:54], protect[:54], (1.0, 1.0, 1.0))  # the field of view ends in the fin
-    assert cut[fin[:54]].all()
-    assert not ear_tissue(head, ears, np.ones(head.shape, bool), (1.0, 1.0, 1.0)).any()  # never the protected brain

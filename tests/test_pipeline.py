@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from bidsdeface.cli import main
-from bidsdeface.config import Config
 from bidsdeface.discover import ScanJob, read_metadata
 from bidsdeface.errors import EXIT_DATA, ScanError
 from bidsdeface.identity import SubjectIdentity
-from bidsdeface.pipeline import OutputPaths, _hide_input_names, failure_cause
+from bidsdeface.outputs import STAGES
+from bidsdeface.pipeline import _hide_input_names, _Timer, failure_cause
 
 from .conftest import make_dataset, needs_shared, shared_file, tree_digest
 
@@ -212,37 +212,19 @@ def test_keep_failed_writes_the_image_to_the_private_folder_only(qc_fail_runs: d
     assert tree_digest(qc_fail_runs["bids"]) == qc_fail_runs["before"]
 
 
-def test_output_paths_move_images_only(tmp_path: Path) -> None:
-    """Relocating keeps the QC record and figures in the output and moves every image and sidecar."""
-    job = ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
-    config = Config(tmp_path, tmp_path / "out", skull_strip=True)
-    outputs = OutputPaths.for_job(config, job, SubjectIdentity("01", "01", None))
-    moved = outputs.relocated(config.output_dir, tmp_path / "private" / "failed")
-    assert (moved.qc, moved.mosaic, moved.render) == (outputs.qc, outputs.mosaic, outputs.render)
-    assert moved.brain is not None and outputs.brain is not None and moved.brain.figure == outputs.brain.figure
-    assert len(moved.image_files()) == 8 and moved.image_files()[0] == moved.sidecar
-    for path in moved.image_files():
-        assert tmp_path / "private" / "failed" in path.parents
-        assert path.relative_to(tmp_path / "private" / "failed") in {
-            p.relative_to(config.output_dir) for p in outputs.image_files()
-        }
+@needs_shared
+def test_stages_run_in_order_each_timed(qc_fail_runs: dict) -> None:
+    """load, register, masks, [skull-strip], deface, QC, write: as the QC record's Seconds list them."""
+    plain, _, skull_stripped = (run["qc"]["Seconds"] for run in qc_fail_runs["runs"])
+    assert list(plain) == [stage for stage in STAGES if stage != "skullstrip"]
+    assert list(skull_stripped) == list(STAGES)
+    assert all(seconds >= 0 for seconds in (*plain.values(), *skull_stripped.values()))
 
 
-def test_superseded_files_of_earlier_runs(tmp_path: Path) -> None:
-    """A failed scan removes every earlier image in the output; a written one, the private failed copy."""
-    from bidsdeface.pipeline import _superseded
-
-    job = ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
-    config = Config(tmp_path / "bids", tmp_path / "out", keep_failed=True)
-    outputs = OutputPaths.for_job(config, job, SubjectIdentity("01", "01", None))
-    private = outputs.relocated(config.output_dir, tmp_path / "out-private" / "failed")
-    earlier = [*outputs.image_files(), outputs.qc, outputs.mosaic, *private.image_files()[:2]]
-    assert outputs.brain is not None
-    for path in [*earlier, outputs.brain.figure]:  # an earlier --skull-strip run that passed, one kept privately
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-    withheld = _superseded(config, outputs, withheld=True)
-    assert withheld[0] == outputs.sidecar  # the completion marker goes first
-    assert set(withheld) == {*outputs.image_files(), outputs.brain.figure}  # this run does not skull-strip
-    # written now: the private copy goes, and the skull-strip outputs this run does not make (as before)
-    assert set(_superseded(config, outputs, withheld=False)) == {*private.image_files()[:2], *outputs.brain.files()}
+def test_only_known_stages_are_timed() -> None:
+    timer = _Timer()
+    with timer.stage("load"):
+        pass
+    with pytest.raises(ValueError, match="not a stage"), timer.stage("upload"):
+        pass
+    assert list(timer.seconds) == ["load"]

@@ -2,7 +2,7 @@
 
 One participant run defaces all heads (one subject each, including a head whose
 header orientation is wrong); the assertions then check each output against the
-input and against an independent registration of the same template.
+input and against the same template registered again in the test process.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from scipy import ndimage
 
 from bidsdeface.cli import main
-from bidsdeface.deface import dilate_mm
-from bidsdeface.derivatives import LOCK_FOLDER
+from bidsdeface.files import LOCK_FOLDER
 from bidsdeface.register import warp_template_mask
+from bidsdeface.volumes import dilate_mm
 
 from .conftest import (
     BLUR_HEADS,
@@ -33,10 +33,10 @@ from .conftest import (
 pytestmark = [needs_shared, pytest.mark.slow]
 
 REGISTRATION_TOLERANCE_MM = 4.0
-# A second, independent registration is costly (~20 s): done for the hardest case (prone,
+# Registering again is costly (~20 s): done for the hardest case (prone,
 # thick slices, converted here from DICOM). The wrong header is checked against the plain
 # head's mask instead.
-INDEPENDENT_CHECK_HEADS = ["prismaHFP"]
+RERUN_CHECK_HEADS = ["prismaHFP"]
 
 
 def test_run_succeeds_and_input_untouched(heads_run: dict) -> None:
@@ -70,14 +70,14 @@ def test_face_removed_brain_identical(heads_run: dict, label: str) -> None:
     assert np.array_equal(out_data[~removed_mask], raw_data[~removed_mask])
 
 
-@pytest.mark.parametrize("label", INDEPENDENT_CHECK_HEADS)
-def test_independent_registration_agrees(heads_run: dict, independent_registrations: dict, label: str) -> None:
-    """A second registration of the same scan: its face region is gone, its brain region untouched."""
+@pytest.mark.parametrize("label", RERUN_CHECK_HEADS)
+def test_defacing_agrees_with_rerun_registration(heads_run: dict, rerun_registrations: dict, label: str) -> None:
+    """The same scan registered again here (same code, same seed): its face region is gone, its brain untouched."""
     raw_path, out_path, mask_path = head_paths(heads_run, label)
     raw_data = np.asanyarray(nib.load(raw_path).dataobj.get_unscaled())
     out_data = np.asanyarray(nib.load(out_path).dataobj.get_unscaled())
     removed_mask = np.asanyarray(nib.load(mask_path).dataobj) > 0
-    scan, template, registration = register_again(independent_registrations, raw_path)
+    scan, template, registration = register_again(rerun_registrations, raw_path)
     brain = warp_template_mask(scan, template.brain, template, registration)
     face = warp_template_mask(scan, template.face, template, registration)
     # Repeated registrations of one scan put the brain's border up to 4.5 mm apart (the clinical

@@ -1,20 +1,24 @@
-"""QC metrics, figures, face check and verdicts: on every real head, and on deliberately broken defacing."""
+"""QC metrics and verdicts: on every real head, and on deliberately broken defacing.
+
+Figures are tested in test_figures.py, the face check in test_faces.py.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bidsdeface.deface import ScanMasks
-from bidsdeface.qc import LIMITS, judge, measure, png_bytes
+from bidsdeface.masks import ScanMasks
+from bidsdeface.qc import LIMITS, judge, measure
 
 from .conftest import BLUR_HEADS, CROPPED_HEADS, FACE_ABSENT_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
+from .test_faces import face_before, no_face_after
+from .test_figures import png_chunk_types
 
 STAGES = {"load", "register", "masks", "skullstrip", "deface", "qc", "write"}  # the heads run skull-strips
 PASSING = {
@@ -28,17 +32,6 @@ PASSING = {
     "face_score_before": 0.8,
     "face_score_after": None,
 }
-
-
-def png_chunk_types(data: bytes) -> list[str]:
-    """The chunk types of a PNG file, in order."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    types, offset = [], 8
-    while offset < len(data):
-        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        types.append(kind.decode("ascii"))
-        offset += 12 + length
-    return types
 
 
 def test_passing_metrics_pass() -> None:
@@ -142,11 +135,6 @@ def test_measure_compares_output_with_input() -> None:
     assert metrics["head_removed_fraction"] == pytest.approx(0.3)
 
 
-def test_png_has_no_text_or_metadata_chunks() -> None:
-    data = png_bytes(Image.new("RGB", (20, 10), (200, 0, 0)))
-    assert set(png_chunk_types(data)) <= {"IHDR", "PLTE", "IDAT", "IEND", "tRNS"}
-
-
 def _record(run: dict, label: str, out_key: str = "out") -> dict:
     image = head_paths(run, label, out_key)[1]
     return json.loads(image.with_name(image.name.replace(".nii.gz", "_qc.json")).read_text())
@@ -175,29 +163,6 @@ def test_every_head_passes_qc_with_valid_figures(heads_run: dict, label: str) ->
         assert np.asarray(picture.convert("L")).std() > 10  # not blank
 
 
-def _no_face_after(metrics: dict) -> None:
-    assert metrics["face_check"] == "run"
-    for key, limit in (("face_score_after", LIMITS.face_score), ("face_cnn_score_after", LIMITS.face_cnn_score)):
-        assert metrics[key] is None or metrics[key] < limit, f"face found after defacing ({key} {metrics[key]})"
-
-
-def _face_before(metrics: dict) -> None:
-    for key, limit in (("face_score_before", LIMITS.face_score), ("face_cnn_score_before", LIMITS.face_cnn_score)):
-        found = metrics[key] is not None and metrics[key] >= limit
-        assert found, f"no face found before defacing ({key} {metrics[key]})"
-
-
-@needs_shared
-@pytest.mark.slow
-@pytest.mark.parametrize("label", HEADS)
-def test_face_found_before_and_not_after(heads_run: dict, label: str) -> None:
-    """Both detectors find every full face before (views front, yaw +-20, pitch +-10) and none after."""
-    metrics = _record(heads_run, label)["Metrics"]
-    _no_face_after(metrics)
-    if label in FULL_FACE_HEADS:
-        _face_before(metrics)
-
-
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("label", BLUR_HEADS)
@@ -207,9 +172,9 @@ def test_blurred_faces_pass_qc(heads_run: dict, label: str) -> None:
     metrics = record["Metrics"]
     assert record["Status"] == "PASS", record["Reasons"]
     assert metrics["face_signal_left"] <= LIMITS.face_signal_left_warn
-    _no_face_after(metrics)
+    no_face_after(metrics)
     if label in FULL_FACE_HEADS or label in CROPPED_HEADS:
-        _face_before(metrics)
+        face_before(metrics)
     assert metrics["ear_tissue_ml"] > 0
     assert metrics["ear_tissue_left"] is not None and metrics["ear_tissue_left"] <= LIMITS.ear_tissue_left_warn
 
@@ -223,27 +188,7 @@ def test_face_already_absent_passes_with_the_note(heads_run: dict, label: str) -
     assert record["Status"] == "PASS", record["Reasons"]
     assert "face already absent" in record["Notes"]
     assert record["Metrics"]["registration_score"] >= LIMITS.registration_warn
-    _no_face_after(record["Metrics"])
-
-
-@needs_shared
-@pytest.mark.slow
-def test_rendered_figures_never_show_a_face(heads_run: dict) -> None:
-    """Every surface render of both runs, as written, is shown to both detectors: no face in any.
-
-    The "before" renders show the face region in blocks: pixelated intensities alone
-    would keep the face's surface, which a detector reads.
-    """
-    from bidsdeface.qc import face_detectors
-
-    detectors = face_detectors()
-    pictures = sorted([*heads_run["out"].rglob("*_render.png"), *heads_run["blurred"].rglob("*_render.png")])
-    assert len(pictures) == len(HEADS) + len(BLUR_HEADS) + len(FACE_ABSENT_HEADS)
-    for path in pictures:
-        grey = np.asarray(Image.open(path).convert("L"))
-        _, hog_scores, _ = detectors.hog.run(grey, 1, LIMITS.face_score)
-        cnn_scores = [d.confidence for d in detectors.cnn(grey, 0)]
-        assert len(hog_scores) == 0 and max(cnn_scores, default=0.0) < LIMITS.face_cnn_score, path.name
+    no_face_after(record["Metrics"])
 
 
 @needs_shared

@@ -1,9 +1,12 @@
-"""Template registration of a real head: whole, defaced elsewhere (zeroed, or cut by a plane), turned upside down.
+"""Template registration: fast checks on a synthetic head, then a real head, whole, defaced elsewhere, turned round.
 
-The defaced copies are made here from the IXI head: one zeroed by bidsdeface itself, one
-cut by a plane as quickshear cuts. Each must register as well as the whole head, place
-its face region where the whole head's is, and pass QC when defaced again, with the note
-that its face was already absent. A non-head must still be refused.
+The synthetic head (an ellipsoid with a nose, a chin, a neck, ears and a darker brain
+inside) needs no shared data: it checks the pose search, the choice between poses and
+the score of a placement in a few seconds. The real-data tests (marked ``needs_shared``)
+use the IXI head and two defaced copies made here from it: one zeroed by bidsdeface
+itself, one cut by a plane as quickshear cuts. Each must register as well as the whole
+head, place its face region where the whole head's is, and pass QC when defaced again,
+with the note that its face was already absent. A non-head must still be refused.
 """
 
 from __future__ import annotations
@@ -11,22 +14,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import ants
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from bidsdeface.config import Config
-from bidsdeface.deface import deface_image, real_values, stored_data
+from bidsdeface.deface import deface_image
 from bidsdeface.errors import RegistrationError
 from bidsdeface.images import Scan, foreground_threshold, load_scan
+from bidsdeface.masks import scan_masks
 from bidsdeface.qc import LIMITS, check_scan, measure
-from bidsdeface.register import Registration, register_template, scan_masks, warp_template_mask
+from bidsdeface.register import (
+    OTHER_POSE_MARGIN,
+    POSE_SEARCH_RESOLUTION_MM,
+    START_ROTATIONS,
+    Registration,
+    _choose_start,
+    _Level,
+    _search_poses,
+    _StartResult,
+    register_template,
+    warp_template_mask,
+)
 from bidsdeface.templates import Template, load_template
+from bidsdeface.volumes import dice, real_values, stored_data, to_ants
 
 from .conftest import NIFTI_HEADS, needs_shared, shared_file
-
-pytestmark = needs_shared
 
 CONFIG = Config(bids_dir=Path("."), output_dir=Path("."))
 # The IXI copies' face regions lie at a Dice of 0.86-0.96 from the whole head's over repeated
@@ -39,6 +54,153 @@ SCORE_DROP = 0.035
 QUICKSHEAR_BUFFER_MM = 10.0  # quickshear's default buffer (10 voxels: 10 mm on a 1 mm scan)
 KNEE_RADIUS_MM = 55.0
 KNEE_LIMB_MM = 210.0
+
+
+# The synthetic head: ellipsoids and a cylinder (centre and semi-axes in mm, RAS, about the
+# grid's centre), the brain darker than the rest, as on a T1w.
+SYNTHETIC_FIELD_MM = (180.0, 216.0, 204.0)
+SYNTHETIC_TEMPLATE_VOXEL_MM = 3.0
+SYNTHETIC_SCAN_VOXEL_MM = 2.0
+SYNTHETIC_BRAIN_DROP = 0.4
+SYNTHETIC_SCAN_SCALE = 400.0  # the scan stores other values than the template
+# 180 degrees about left-right (x): what START_ROTATIONS calls pitch180
+TURNED_ROUND = np.diag([1.0, -1.0, -1.0, 1.0])
+# A placement this far off (mm, anterior) loses clearly on the head overlap (0.86 against 0.98
+# for the synthetic head at 4 mm); the faceless head scores 0.97 with its face forgiven, 0.91
+# without.
+SHIFT_MM = 20.0
+PERFECT_OVERLAP = 0.95
+
+
+@dataclass(frozen=True)
+class SyntheticHead:
+    """A synthetic head on a grid: intensities, the regions, and the voxel-to-RAS affine."""
+
+    volume: np.ndarray
+    face: np.ndarray
+    ears: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray
+
+    def template(self) -> Template:
+        return Template(self.volume, self.face, self.ears, self.brain, self.affine)
+
+
+def synthetic_head(voxel_mm: float) -> SyntheticHead:
+    """Return the synthetic head on a grid of ``voxel_mm`` voxels, upright, centred on the origin."""
+    shape = tuple(round(extent / voxel_mm) for extent in SYNTHETIC_FIELD_MM)
+    centre = (np.array(shape) - 1) / 2 * voxel_mm
+    x, y, z = np.meshgrid(*(np.arange(n) * voxel_mm - c for n, c in zip(shape, centre, strict=True)), indexing="ij")
+
+    def ellipsoid(middle: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
+        return sum(((v - m) / a) ** 2 for v, m, a in zip((x, y, z), middle, axes, strict=True)) <= 1
+
+    ears = ellipsoid((-72, 0, 0), (8, 14, 20)) | ellipsoid((72, 0, 0), (8, 14, 20))
+    neck = ((x / 42) ** 2 + ((y + 10) / 48) ** 2 <= 1) & (z < -20)
+    skull = ellipsoid((0, 0, 10), (70, 88, 78))
+    nose, chin = ellipsoid((0, 88, -15), (14, 18, 22)), ellipsoid((0, 60, -50), (35, 30, 22))
+    head = skull | nose | chin | neck | ears
+    brain = ellipsoid((0, -2, 25), (56, 72, 52))
+    volume = (head.astype(np.float32) - SYNTHETIC_BRAIN_DROP * brain).astype(np.float32)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = -centre
+    face = head & (y > 40) & (z < 20) & ~brain
+    return SyntheticHead(volume, face, ears, brain, affine)
+
+
+def synthetic_level(
+    scan_volume: np.ndarray, scan_affine: np.ndarray, forgive_face: bool = True
+) -> tuple[_Level, SyntheticHead]:
+    """The pose-search level of a synthetic scan against the synthetic template (and the template)."""
+    template = synthetic_head(SYNTHETIC_TEMPLATE_VOXEL_MM)
+    forgiven = to_ants((template.face | template.ears).astype(np.float32), template.affine) if forgive_face else None
+    level = _Level.build(
+        to_ants(scan_volume, scan_affine),
+        to_ants(template.volume, template.affine),
+        POSE_SEARCH_RESOLUTION_MM,
+        None,
+        Path("synthetic.nii.gz"),
+        forgiven,
+    )
+    return level, template
+
+
+def transform_file(path: Path, translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[str, ...]:
+    """Write a translation (scan to template points, ANTs' LPS) and return it as a transform list."""
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=translation_mm)
+    ants.write_transform(transform, str(path))
+    return (str(path),)
+
+
+def start(name: str, score: float, mutual_information: float) -> _StartResult:
+    return _StartResult(name, (f"{name}.mat",), score, mutual_information)
+
+
+def test_choose_start_keeps_a_lone_pose() -> None:
+    upright = start("upright", 0.5, 0.1)
+    assert _choose_start([upright]) is upright
+
+
+@pytest.mark.parametrize(
+    ("challenger_score", "mi_factor", "chosen"),
+    [
+        pytest.param(0.95, 1.0 + 2 * OTHER_POSE_MARGIN, "pitch180", id="clearly-better"),
+        pytest.param(0.90, 1.0 + 2 * OTHER_POSE_MARGIN, "pitch180", id="as-good-a-shape"),
+        pytest.param(0.95, 1.0 + OTHER_POSE_MARGIN / 2, "upright", id="mi-not-clearly-higher"),
+        pytest.param(0.85, 1.0 + 2 * OTHER_POSE_MARGIN, "upright", id="worse-shape"),
+    ],
+)
+def test_choose_start_keeps_the_header_pose_unless_another_is_clearly_better(
+    challenger_score: float, mi_factor: float, chosen: str
+) -> None:
+    """Another pose wins only with clearly higher MI *and* at least as good a head shape."""
+    results = [start("upright", 0.90, 0.2), start("pitch180", challenger_score, 0.2 * mi_factor), start("x", 1, 9)]
+    assert _choose_start(results).name == chosen, "only the first other pose challenges"
+
+
+def test_pose_search_finds_a_head_turned_round_in_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A synthetic scan whose header turns it 180 degrees about left-right: pitch180 explains it best."""
+    poses = {name: angles for name, angles in START_ROTATIONS if name in ("upright", "yaw180", "pitch180")}
+    monkeypatch.setattr("bidsdeface.register.START_ROTATIONS", tuple(poses.items()))
+    scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
+    level, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, TURNED_ROUND @ scan.affine)
+    results = _search_poses(level, tmp_path)
+    assert [r.name for r in results] == list(poses), "the header's pose first"
+    by_name = {r.name: r for r in results}
+    best = max(results[1:], key=lambda r: r.mutual_information)
+    assert best.name == "pitch180"
+    assert _choose_start([by_name["upright"], best]).name == "pitch180"
+    assert by_name["pitch180"].score == max(r.score for r in results)
+    assert by_name["pitch180"].score >= CONFIG.min_registration_score
+
+
+def test_overlap_of_a_perfect_placement_is_near_one_and_a_shifted_one_lower(tmp_path: Path) -> None:
+    scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
+    level, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, scan.affine)
+    perfect, perfect_missing = level.overlap(transform_file(tmp_path / "identity.mat"))
+    # each scan point takes the template's point SHIFT_MM posterior of it (LPS +y): the
+    # template lands SHIFT_MM too far forward
+    shifted, _ = level.overlap(transform_file(tmp_path / "shift.mat", (0.0, SHIFT_MM, 0.0)))
+    assert perfect > PERFECT_OVERLAP
+    assert perfect_missing < 0.05, "a whole head lacks no face"
+    assert shifted < perfect - 0.05
+
+
+def test_overlap_forgives_a_missing_face(tmp_path: Path) -> None:
+    """A scan whose face is zeroed scores like the whole head; the share of face it lacks is reported."""
+    scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
+    faceless = np.where(scan.face, 0.0, SYNTHETIC_SCAN_SCALE * scan.volume).astype(np.float32)
+    identity = transform_file(tmp_path / "identity.mat")
+    whole, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, scan.affine)
+    forgiving, _ = synthetic_level(faceless, scan.affine)
+    strict, _ = synthetic_level(faceless, scan.affine, forgive_face=False)
+    score, missing = forgiving.overlap(identity)
+    strict_score, strict_missing = strict.overlap(identity)
+    assert score > PERFECT_OVERLAP
+    assert abs(score - whole.overlap(identity)[0]) < 0.02, "scores like the whole head"
+    assert missing > 0.5
+    assert strict_score < score - 0.03, "counted, the missing face costs score"
+    assert strict_missing == 0.0, "nothing is forgiven without a face region"
 
 
 @dataclass(frozen=True)
@@ -55,10 +217,6 @@ def _place(path: Path, template: Template, work: Path) -> Placed:
     work.mkdir(parents=True, exist_ok=True)
     registration = register_template(scan, template, CONFIG, work)
     return Placed(scan, registration, warp_template_mask(scan, template.face, template, registration))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
 def quickshear_cut(scan: Scan, brain: np.ndarray) -> np.ndarray:
@@ -118,20 +276,23 @@ def placed_copies(copies: dict[str, Path], template: Template, tmp_path_factory:
     return {name: _place(path, template, tmp_path_factory.mktemp(name)) for name, path in copies.items()}
 
 
+@needs_shared
 @pytest.mark.parametrize("name", ["zeroed", "plane"])
 def test_defaced_head_registers_like_the_whole_head(whole: Placed, placed_copies: dict, name: str) -> None:
     copy = placed_copies[name]
     assert copy.registration.score >= CONFIG.min_registration_score
     assert copy.registration.start == "upright"
-    assert _dice(copy.face, whole.face) >= FACE_AGREEMENT
+    assert dice(copy.face, whole.face) >= FACE_AGREEMENT
 
 
+@needs_shared
 def test_zeroed_face_costs_no_score(whole: Placed, placed_copies: dict) -> None:
     """Zeroing removes only the face region, which the score forgives (the plane also shaves the forehead)."""
     zeroed = placed_copies["zeroed"].registration.score
     assert zeroed >= whole.registration.score - SCORE_DROP, (zeroed, whole.registration.score)
 
 
+@needs_shared
 def test_upside_down_defaced_head_is_placed_upright(
     whole: Placed, copies: dict[str, Path], template: Template, tmp_path: Path
 ) -> None:
@@ -143,9 +304,10 @@ def test_upside_down_defaced_head_is_placed_upright(
     turned = _place(tmp_path / "upside_down.nii.gz", template, tmp_path / "work")
     assert turned.registration.start == "pitch180"
     assert turned.registration.score >= CONFIG.min_registration_score
-    assert _dice(turned.face, whole.face) >= FACE_AGREEMENT  # same voxels: the face region is where it was
+    assert dice(turned.face, whole.face) >= FACE_AGREEMENT  # same voxels: the face region is where it was
 
 
+@needs_shared
 def test_defacing_a_defaced_head_again_passes_with_a_note(placed_copies: dict, template: Template) -> None:
     copy = placed_copies["zeroed"]
     scan, registration = copy.scan, copy.registration
@@ -161,6 +323,7 @@ def test_defacing_a_defaced_head_again_passes_with_a_note(placed_copies: dict, t
     assert not any(note.startswith("face check inconclusive") for note in quality.verdict.notes)
 
 
+@needs_shared
 def test_whole_face_is_not_absent(whole: Placed, template: Template) -> None:
     scan = whole.scan
     threshold = foreground_threshold(scan.reference)
@@ -169,6 +332,7 @@ def test_whole_face_is_not_absent(whole: Placed, template: Template) -> None:
     assert metrics["face_tissue_fraction"] >= LIMITS.face_absent_tissue
 
 
+@needs_shared
 def test_non_head_is_refused(whole: Placed, template: Template, tmp_path: Path) -> None:
     """A bent knee: two limbs at a right angle, holding the IXI head's own intensities."""
     zooms = np.array(whole.scan.zooms)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bidsdeface.cli import main
-from bidsdeface.derivatives import write_json_atomic
+from bidsdeface.files import write_json_atomic
 from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files, write_subject_report
 
 from .conftest import HEADS, NIFTI_HEADS, SHARED, head_paths, make_dataset, needs_shared, tree_digest
@@ -106,7 +106,7 @@ def test_subject_report_shows_figures_metrics_and_scrubbed_keys(heads_run: dict,
 @pytest.mark.slow
 def test_group_level_puts_the_broken_scan_first(heads_run: dict, broken_cases: dict, tmp_path: Path) -> None:
     """A FAIL scan added to a copy of the real output comes first in the group report and table."""
-    from bidsdeface.pipeline import OutputPaths, qc_record
+    from bidsdeface.outputs import OutputPaths, qc_record
 
     out = tmp_path / "out"
     shutil.copytree(heads_run["out"], out, copy_function=os.link)

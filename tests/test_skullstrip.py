@@ -17,9 +17,8 @@ import pytest
 from scipy import ndimage
 
 from bidsdeface.config import Config
-from bidsdeface.deface import dilate_mm
 from bidsdeface.images import CtIntensities, load_scan
-from bidsdeface.pipeline import OutputPaths
+from bidsdeface.outputs import OutputPaths
 from bidsdeface.skullstrip import (
     brain_metrics,
     brain_only_image,
@@ -27,17 +26,13 @@ from bidsdeface.skullstrip import (
     hounsfield,
     learned_brain,
     refined_on_intensities,
-    single_solid_component,
 )
+from bidsdeface.volumes import dice, dilate_mm, single_solid_component
 
 from .conftest import BRAIN_MARGIN_MM, HEADS, LEARNED_HEADS, SUFFIX, head_paths, holes, needs_shared
 
 ADULT_BRAIN_ML = (900.0, 2200.0)
 MIN_DICE_WITH_LEARNED = 0.90
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> np.ndarray:
@@ -56,8 +51,8 @@ def test_refinement_moves_a_shifted_prior_onto_the_brain() -> None:
     volume += np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
     prior = _ball(shape, (33, 32, 32), 18.5)
     refined = refined_on_intensities(volume, (1.0, 1.0, 1.0), prior)
-    assert _dice(prior, brain) < 0.9
-    assert _dice(refined, brain) > 0.95
+    assert dice(prior, brain) < 0.9
+    assert dice(refined, brain) > 0.95
 
 
 def test_single_solid_component_and_metrics() -> None:
@@ -84,7 +79,7 @@ def test_ct_window_keeps_the_inside_of_the_skull() -> None:
     hu[40, 40, 69:74] = 40.0  # a one-voxel canal through the bone to the scalp
     stored = hu / 2 + 3000  # a rescaled CT: the window follows air and soft tissue
     mask = ct_brain_window(hounsfield(stored, CtIntensities("rescaled", 2500.0, 3020.0)), (1.0, 1.0, 1.0), inside)
-    assert _dice(single_solid_component(mask), inside) > 0.98
+    assert dice(single_solid_component(mask), inside) > 0.98
     # the canal regrows by at most the opening radius (3 mm); the scalp stays out
     assert not mask[~_ball(shape, centre, 33)].any()
 
@@ -162,8 +157,8 @@ def test_brain_mask_is_one_plausible_piece_that_agrees_with_deepbet(
     assert holes(mask) == 0, "brain mask has holes"
     volume_ml = float(mask.sum() * np.prod(mask_image.header.get_zooms()[:3]) / 1000)
     assert ADULT_BRAIN_ML[0] <= volume_ml <= ADULT_BRAIN_ML[1], f"{volume_ml:.0f} ml"
-    dice = _dice(mask, _learned(learned_masks, raw_path))
-    assert dice >= MIN_DICE_WITH_LEARNED, f"Dice with deepbet {dice:.3f}"
+    agreement = dice(mask, _learned(learned_masks, raw_path))
+    assert agreement >= MIN_DICE_WITH_LEARNED, f"Dice with deepbet {agreement:.3f}"
 
 
 @needs_shared
@@ -223,4 +218,4 @@ def test_learned_method_through_the_pipeline(heads_run: dict, learned_run: dict,
     learned = np.asanyarray(nib.load(mask_path).dataobj) > 0
     template = np.asanyarray(nib.load(_brain_paths(heads_run, label)[1]).dataobj) > 0
     assert ndimage.label(learned)[1] == 1 and holes(learned) == 0
-    assert _dice(learned, template) >= MIN_DICE_WITH_LEARNED
+    assert dice(learned, template) >= MIN_DICE_WITH_LEARNED

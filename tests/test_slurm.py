@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bidsdeface.cli import build_parser, main, task_options
-from bidsdeface.slurm import measured_resources
+from bidsdeface.cli import build_parser, main
+from bidsdeface.slurm import measured_resources, task_options
 
 from .conftest import (
     ARRAY_PARALLEL,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bidsdeface.deface import dilate_mm
 from bidsdeface.templates import FACE_MODEL, TEMPLATE_FILES, TemplateError, load_template, verify_templates
+from bidsdeface.volumes import dilate_mm
 
 from .conftest import REPO
 
