@@ -388,11 +388,7 @@ ARRAY_ORDER = [KILLED_HEAD, "prismaHFP", "prismaHFS", "trio", "chris", "clinical
 
 @pytest.fixture(scope="session")
 def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path) -> dict:
-    """Every real MRI head defaced and skull-stripped by a SLURM job array's tasks (session-wide), plus a blurred run.
-
-    The blurred run (``--method blur --remove-ears``) takes :data:`BLUR_HEADS` and the
-    heads whose face is already gone (:data:`FACE_ABSENT_HEADS`, built from the first
-    run's outputs), see :func:`_blur_dataset`.
+    """Every real MRI head defaced and skull-stripped by a SLURM job array's tasks (session-wide).
 
     ``bidsdeface --write-slurm-array`` writes the script; its tasks run 4 at a time into
     one output folder, as on a cluster. The task of :data:`KILLED_HEAD` is stopped while
@@ -418,22 +414,33 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     tasks = run_array_tasks(script, list(range(1, len(HEADS) + 1)), ARRAY_PARALLEL, base / "hpc" / "logs", kill)
     group = run_array_tasks(script, [0], 1, base / "hpc" / "logs")
     last = {run.task: run.code for run in [*tasks, *group]}
-    blur_bids = _blur_dataset(base / "blur-bids", sources, out)
-    blur_options = ["--method", "blur", "--remove-ears", "--skip-bids-validation", *PARALLEL]
-    blur_code = main([str(blur_bids), str(base / "blurred"), "participant", *blur_options])
-    blurred = base / "blurred"
     return {
         "bids": bids,
-        "blur_bids": blur_bids,
+        "sources": sources,
         "out": out,
         "code": max([script_code, *last.values()]),
         "before": before,
-        "blurred": blurred,
-        "blur_code": blur_code,
         "script": script,
         "tasks": tasks,
         "kill": kill,
     }
+
+
+@pytest.fixture(scope="session")
+def blurred_run(heads_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``heads_run`` plus a second run with ``--method blur --remove-ears`` (session-wide).
+
+    A fixture of its own, so that a failing blurred run takes down only the tests of
+    blur. It takes :data:`BLUR_HEADS` and the heads whose face is already gone
+    (:data:`FACE_ABSENT_HEADS`, built from the first run's outputs), see :func:`_blur_dataset`.
+    """
+    from bidsdeface.cli import main
+
+    base = tmp_path_factory.mktemp("blur")
+    blur_bids = _blur_dataset(base / "bids", heads_run["sources"], heads_run["out"])
+    blur_options = ["--method", "blur", "--remove-ears", "--skip-bids-validation", *PARALLEL]
+    blur_code = main([str(blur_bids), str(base / "blurred"), "participant", *blur_options])
+    return {**heads_run, "blur_bids": blur_bids, "blurred": base / "blurred", "blur_code": blur_code}
 
 
 def _blur_dataset(root: Path, sources: dict[str, Path | nib.Nifti1Image], first_run: Path) -> Path:

@@ -141,7 +141,7 @@ def test_scan_figures_of_a_synthetic_head() -> None:
 
 @needs_shared
 @pytest.mark.slow
-def test_rendered_figures_never_show_a_face(heads_run: dict) -> None:
+def test_rendered_figures_never_show_a_face(blurred_run: dict) -> None:
     """Every surface render of both runs, as written, is shown to both detectors: no face in any.
 
     The "before" renders show the face region in blocks: pixelated intensities alone
@@ -150,7 +150,7 @@ def test_rendered_figures_never_show_a_face(heads_run: dict) -> None:
     from bidsdeface.faces import face_detectors
 
     detectors = face_detectors()
-    pictures = sorted([*heads_run["out"].rglob("*_render.png"), *heads_run["blurred"].rglob("*_render.png")])
+    pictures = sorted([*blurred_run["out"].rglob("*_render.png"), *blurred_run["blurred"].rglob("*_render.png")])
     assert len(pictures) == len(HEADS) + len(BLUR_HEADS) + len(FACE_ABSENT_HEADS)
     for path in pictures:
         grey = np.asarray(Image.open(path).convert("L"))

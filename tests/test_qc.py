@@ -166,9 +166,9 @@ def test_every_head_passes_qc_with_valid_figures(heads_run: dict, label: str) ->
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("label", BLUR_HEADS)
-def test_blurred_faces_pass_qc(heads_run: dict, label: str) -> None:
+def test_blurred_faces_pass_qc(blurred_run: dict, label: str) -> None:
     """Blur with ears: no face found from any view, no ear tissue left, also with the ears cut by the field of view."""
-    record = _record(heads_run, label, "blurred")
+    record = _record(blurred_run, label, "blurred")
     metrics = record["Metrics"]
     assert record["Status"] == "PASS", record["Reasons"]
     assert metrics["face_signal_left"] <= LIMITS.face_signal_left_warn
@@ -182,9 +182,9 @@ def test_blurred_faces_pass_qc(heads_run: dict, label: str) -> None:
 @needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("label", FACE_ABSENT_HEADS)
-def test_face_already_absent_passes_with_the_note(heads_run: dict, label: str) -> None:
+def test_face_already_absent_passes_with_the_note(blurred_run: dict, label: str) -> None:
     """bidsdeface's own outputs and plane-cut heads are processed again, not refused."""
-    record = _record(heads_run, label, "blurred")
+    record = _record(blurred_run, label, "blurred")
     assert record["Status"] == "PASS", record["Reasons"]
     assert "face already absent" in record["Notes"]
     assert record["Metrics"]["registration_score"] >= LIMITS.registration_warn
