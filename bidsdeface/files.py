@@ -137,12 +137,6 @@ def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
     write_bytes_atomic(path, json_bytes(content))
 
 
-def write_nifti_atomic(path: Path, image: nib.Nifti1Image) -> None:
-    """Save a NIfTI image atomically (gzip header without name or time)."""
-    with staged_files() as staged:
-        staged.write_nifti(path, image)
-
-
 def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
     """Delete temporary files left by a killed run in ``folder`` (and below); return how many.
 
