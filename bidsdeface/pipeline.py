@@ -374,6 +374,7 @@ def _method_record(job: ScanJob, config: Config, identity: SubjectIdentity, defa
     return {
         "registration_path": _registration_path(registration, job, identity),
         "registration_start": registration.start,
+        "registration_starts": registration.starts_tried,
         "reference_volume": defaced.loaded.scan.summary,
         **({"intensities": ct.describe(), "background_value": ct.air} if ct is not None else {}),
         **_skull_strip_record(config, defaced.brain),

