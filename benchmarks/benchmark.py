@@ -21,6 +21,17 @@ Run it alone on an idle machine (see README.md next to this file)::
 With ``--skull-strip-method`` the runs also skull-strip; the brain mask's volume, pieces
 and holes come from the scan's QC record, and ``--compare-learned`` adds its Dice
 overlap with deepbet's mask of the same input (run here, outside the timed process).
+
+With ``--peer`` (needs the ``bench`` extra: ``pip install "bidsdeface[bench]"``) each head
+first goes through the peer, the two commands a user would type, each its own process::
+
+    deepbet-cli -i SCAN -o PEER/brain.nii.gz -m PEER/mask.nii.gz --no_gpu
+    quickshear SCAN PEER/mask.nii.gz PEER/defaced.nii.gz
+
+and then through bidsdeface as above, so that the two alternate head by head under the
+same conditions. Both commands are timed and measured like the bidsdeface run, with
+``OMP_NUM_THREADS`` set to ``--omp-nthreads`` (torch's thread count), and the table gets
+the peer's wall times, its peak memory and the ratio of bidsdeface's wall time to the peer's.
 """
 
 from __future__ import annotations
@@ -101,6 +112,8 @@ CT_MATRIX = 512
 PET_FRAME_SCALES = (0.2, 0.7, 1.0, 0.9, 0.8, 0.6)
 PET_FRAME_SECONDS = (30, 60, 120, 300, 300, 600)
 CONVERT_ENTRY = "import sys; from bidsdeface.convert_cli import main; sys.exit(main(sys.argv[1:]))"
+# The peer's commands (the bench extra installs both); see run_peer
+PEER_TOOLS: tuple[str, ...] = ("deepbet-cli", "quickshear")
 HEADS_BY_NAME: dict[str, Head] = {head.name: head for head in HEADS}
 
 # A failed scan has no QC record; why it failed is only in the log, e.g.
@@ -131,6 +144,32 @@ class Result:
     brain_pieces_holes: str = ""
     dice_learned: float | None = None
     message: str = ""
+    peer_status: str = ""
+    peer_deepbet_s: float | None = None
+    peer_deepbet_rss_gb: float | None = None
+    peer_quickshear_s: float | None = None
+    peer_quickshear_rss_gb: float | None = None
+    peer_message: str = ""
+
+    @property
+    def peer_wall_s(self) -> float | None:
+        """The peer's wall time, both commands (None unless both ran)."""
+        if self.peer_deepbet_s is None or self.peer_quickshear_s is None:
+            return None
+        return self.peer_deepbet_s + self.peer_quickshear_s
+
+    @property
+    def peer_rss_gb(self) -> float | None:
+        """The larger of the peer's two peak memories (each command is its own process)."""
+        peaks = [gb for gb in (self.peer_deepbet_rss_gb, self.peer_quickshear_rss_gb) if gb is not None]
+        return max(peaks) if peaks else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Bidsdeface's wall time over the peer's, when both defaced the head."""
+        if self.status != "ok" or self.peer_status != "ok" or not self.wall_s or not self.peer_wall_s:
+            return None
+        return self.wall_s / self.peer_wall_s
 
 
 @dataclass(frozen=True)
@@ -284,8 +323,8 @@ def pet_frames(image: nib.Nifti1Image) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.stack(frames, axis=-1).astype(np.float32), image.affine)
 
 
-def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
-    """Run ``argv`` with stderr and stdout to ``log_path``; measure only that child.
+def run_child(argv: Sequence[str], log_path: Path, extra_env: dict[str, str] | None = None) -> tuple[int, float, float]:
+    """Run ``argv`` with stderr and stdout to ``log_path`` (and ``extra_env`` set); measure only that child.
 
     Returns
     -------
@@ -293,7 +332,7 @@ def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
         Exit code, wall seconds (including start-up), peak RSS in GB of the
         child (``ru_maxrss`` from ``os.wait4``; Linux reports KiB).
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     with open(log_path, "wb") as stream:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT, env=env)
@@ -308,6 +347,66 @@ def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
     proc.returncode = code  # reaped by wait4; keep Popen from waiting again
     kib_per_unit = 1 / 1024 if sys.platform == "darwin" else 1.0  # macOS reports bytes
     return code, wall, usage.ru_maxrss * kib_per_unit / 1024**2
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Paths of the peer's two commands."""
+
+    deepbet: str
+    quickshear: str
+
+
+def find_peer() -> tuple[Peer | None, list[str]]:
+    """Return the peer's commands, looked for beside this Python (its environment's scripts) then on PATH.
+
+    Returns
+    -------
+    tuple
+        The :class:`Peer` (None if a command is missing) and the names of the missing commands.
+    """
+    found: dict[str, str | None] = {}
+    for tool in PEER_TOOLS:
+        beside = Path(sys.executable).parent / tool
+        found[tool] = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which(tool)
+    missing = [tool for tool, path in found.items() if path is None]
+    if missing:
+        return None, missing
+    return Peer(deepbet=str(found["deepbet-cli"]), quickshear=str(found["quickshear"])), []
+
+
+def run_peer(peer: Peer, scan: Path, folder: Path, omp_nthreads: int, result: Result, keep: Path | None) -> None:
+    """Deface ``scan`` with the peer, deepbet-cli then quickshear, each in its own measured process.
+
+    The outputs go to ``folder`` (outside the BIDS dataset). A command that exits non-zero or
+    writes no output ends the peer's run; ``result.peer_status`` and ``peer_message`` say why.
+    """
+    folder.mkdir(parents=True)
+    brain, mask, defaced = folder / "brain.nii.gz", folder / "mask.nii.gz", folder / "defaced.nii.gz"
+    threads = {"OMP_NUM_THREADS": str(omp_nthreads)}
+    steps = (
+        ("deepbet", [peer.deepbet, "-i", str(scan), "-o", str(brain), "-m", str(mask), "--no_gpu"], mask),
+        ("quickshear", [peer.quickshear, str(scan), str(mask), str(defaced)], defaced),
+    )
+    for name, argv, output in steps:
+        log.info("%s: peer: running %s", result.head, " ".join([Path(argv[0]).name, *argv[1:]]))
+        log_path = folder / f"{name}.log"
+        code, wall, rss = run_child(argv, log_path, threads)
+        setattr(result, f"peer_{name}_s", wall)
+        setattr(result, f"peer_{name}_rss_gb", rss)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_path, keep / f"{result.head}.peer-{name}.log")
+        if code != 0 or not output.is_file():
+            text = log_path.read_text(errors="replace")
+            last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+            result.peer_status = f"{name} exit {code}" if code != 0 else f"{name}: no {output.name}"
+            result.peer_message = f"{name}: {last[0].strip()}"
+            log.error("%s: peer: %s", result.head, result.peer_message)
+            log.debug("%s: peer %s full log:\n%s", result.head, name, text)
+            return
+        log.info("%s: peer: %s in %.1f s wall, peak RSS %.2f GB", result.head, name, wall, rss)
+    result.peer_status = "ok"
 
 
 def measure_brain_mask(result: Result, metrics: dict, scan: Path, out: Path, keep_for_comparison: Path | None) -> None:
@@ -347,8 +446,12 @@ def benchmark_head(
     keep: Path | None,
     skull_strip_method: str | None = None,
     keep_for_comparison: Path | None = None,
+    peer: Peer | None = None,
 ) -> Result:
-    """Build the dataset for ``head``, run bidsdeface on it in a fresh process, collect numbers."""
+    """Build the dataset for ``head``, run bidsdeface on it in a fresh process, collect numbers.
+
+    With ``peer``, the peer defaces the same scan first (see :func:`run_peer`).
+    """
     result = Result(head.name)
     with tempfile.TemporaryDirectory(prefix=f"bidsdeface-bench-{head.name}-") as scratch:
         root = Path(scratch)
@@ -356,6 +459,8 @@ def benchmark_head(
         image = nib.load(scan)
         result.shape = "x".join(str(n) for n in image.shape)
         result.voxel_mm = "x".join(f"{z:.3g}" for z in image.header.get_zooms()[:3])
+        if peer is not None:
+            run_peer(peer, scan, root / "peer", omp_nthreads, result, keep)
         argv = [
             sys.executable,
             "-m",
@@ -406,6 +511,16 @@ def benchmark_head(
         result.wall_s or 0,
         result.peak_rss_gb or 0,
     )
+    if peer is not None:
+        log.info(
+            "%s: peer %s s (deepbet %s s + quickshear %s s), bidsdeface %s s, bidsdeface/peer %s",
+            head.name,
+            _fmt(result.peer_wall_s, ".1f"),
+            _fmt(result.peer_deepbet_s, ".1f"),
+            _fmt(result.peer_quickshear_s, ".1f"),
+            _fmt(result.wall_s, ".1f"),
+            _fmt(result.ratio, ".2f"),
+        )
     return result
 
 
@@ -427,14 +542,28 @@ COLUMNS: tuple[str, ...] = (
     "pieces/holes",
     "Dice vs deepbet",
 )
+# Added after COLUMNS when the peer ran (--peer)
+PEER_COLUMNS: tuple[str, ...] = (
+    "peer status",
+    "peer deepbet (s)",
+    "peer quickshear (s)",
+    "peer wall (s)",
+    "peer peak RSS (GB)",
+    "bidsdeface/peer",
+)
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table_rows(results: Sequence[Result]) -> list[list[str]]:
-    """Turn results into rows of strings, in :data:`COLUMNS` order."""
+def columns(peer: bool = False) -> tuple[str, ...]:
+    """Return the table's columns: :data:`COLUMNS`, then :data:`PEER_COLUMNS` if the peer ran."""
+    return COLUMNS + PEER_COLUMNS if peer else COLUMNS
+
+
+def table_rows(results: Sequence[Result], peer: bool = False) -> list[list[str]]:
+    """Turn results into rows of strings, in :func:`columns` order."""
     rows = []
     for r in results:
         face = "-" if r.face_removed is None else f"{r.face_removed} ({r.face_percent:.0f}%)"
@@ -458,25 +587,36 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
                 _fmt(r.dice_learned, ".3f"),
             ]
         )
+        if peer:
+            rows[-1] += [
+                r.peer_status or "-",
+                _fmt(r.peer_deepbet_s, ".1f"),
+                _fmt(r.peer_quickshear_s, ".1f"),
+                _fmt(r.peer_wall_s, ".1f"),
+                _fmt(r.peer_rss_gb, ".2f"),
+                _fmt(r.ratio, ".2f"),
+            ]
     return rows
 
 
-def markdown_table(results: Sequence[Result]) -> str:
+def markdown_table(results: Sequence[Result], peer: bool = False) -> str:
     """Return the results as a markdown table, failures listed below it."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    names = columns(peer)
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join(" --- " for _ in names) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, peer)]
     failures = [f"- {r.head}: {r.message}" for r in results if r.message]
+    failures += [f"- {r.head} (peer): {r.peer_message}" for r in results if peer and r.peer_message]
     return "\n".join(lines + (["", *failures] if failures else [])) + "\n"
 
 
-def tsv_table(results: Sequence[Result]) -> str:
+def tsv_table(results: Sequence[Result], peer: bool = False) -> str:
     """Return the results as TSV (one header line)."""
-    lines = ["\t".join(COLUMNS)] + ["\t".join(row) for row in table_rows(results)]
+    lines = ["\t".join(columns(peer))] + ["\t".join(row) for row in table_rows(results, peer)]
     return "\n".join(lines) + "\n"
 
 
-def environment_line(omp_nthreads: int, load_at_start: float) -> str:
-    """One line describing what was measured on."""
+def environment_line(omp_nthreads: int, load_at_start: float, peer: bool = False) -> str:
+    """One line describing what was measured on (with the peer's versions if it ran)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(package: str) -> str:
@@ -485,8 +625,9 @@ def environment_line(omp_nthreads: int, load_at_start: float) -> str:
         except PackageNotFoundError:
             return "not installed"
 
+    peer_versions = f"deepbet {ver('deepbet')}, quickshear {ver('quickshear')}, torch {ver('torch')}, " if peer else ""
     return (
-        f"bidsdeface {ver('bidsdeface')}, antspyx {ver('antspyx')}, numpy {ver('numpy')}, "
+        f"bidsdeface {ver('bidsdeface')}, antspyx {ver('antspyx')}, numpy {ver('numpy')}, {peer_versions}"
         f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} CPUs, --omp-nthreads {omp_nthreads}, "
         f"load average at start {load_at_start:.2f}, "
@@ -544,6 +685,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --skull-strip-method: Dice of each written brain mask with deepbet's (needs the deepbet extra)",
     )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="before each bidsdeface run, deface the same scan with the peer as whole processes: "
+        "deepbet-cli (brain mask, CPU) then quickshear; adds its wall times, peak memory and the ratio "
+        "bidsdeface/peer (needs the bench extra: pip install 'bidsdeface[bench]'; skipped with a warning "
+        "if its commands are missing)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output (full logs of failed runs)")
     return parser
 
@@ -589,13 +738,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5:
         log.warning("load average is %.2f: the machine is not idle, timings will be inflated", load_at_start)
+    peer = None
+    if args.peer:
+        peer, missing_tools = find_peer()
+        if peer is None:
+            log.warning("peer not run: %s not found (pip install 'bidsdeface[bench]')", " and ".join(missing_tools))
     results = []
     with tempfile.TemporaryDirectory(prefix="bidsdeface-bench-kept-") as kept_folder:
         kept = Path(kept_folder) if args.compare_learned else None
         for head in heads:
             try:
                 results.append(
-                    benchmark_head(head, args.shared, args.omp_nthreads, args.keep_logs, args.skull_strip_method, kept)
+                    benchmark_head(
+                        head, args.shared, args.omp_nthreads, args.keep_logs, args.skull_strip_method, kept, peer
+                    )
                 )
             except Exception as exc:  # a head that cannot be prepared must not stop the others
                 log.error("%s: could not run: %s: %s", head.name, type(exc).__name__, exc)
@@ -603,12 +759,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kept is not None:
             log.info("comparing the brain masks with deepbet's")
             compare_with_learned(results, kept, args.omp_nthreads)
-    header = environment_line(args.omp_nthreads, load_at_start)
-    markdown = f"{header}\n\n{markdown_table(results)}"
+    with_peer = peer is not None
+    header = environment_line(args.omp_nthreads, load_at_start, with_peer)
+    markdown = f"{header}\n\n{markdown_table(results, with_peer)}"
     sys.stdout.write(markdown)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(tsv_table(results) if args.out.suffix.lower() == ".tsv" else markdown)
+        args.out.write_text(tsv_table(results, with_peer) if args.out.suffix.lower() == ".tsv" else markdown)
         log.info("table written to %s", args.out)
     if args.resources is not None:
         args.resources.write_text(json.dumps(resources_record(results, args.omp_nthreads), indent=2) + "\n")
