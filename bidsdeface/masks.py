@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage
 
 from .images import Scan, head_mask
 from .register import Registration, warp_template_masks
 from .templates import Template
-from .volumes import block_expanded, block_factors, block_grid, bounding_box, dilate_mm, voxels_for_mm
+from .volumes import block_expanded, block_factors, block_grid, bounding_box, dilate_mm, opened_mm, voxels_for_mm
 
 # Pinnae: head tissue thinner than twice this, within the window of the ear region.
 EAR_THICKNESS_MM = 6.0
@@ -76,9 +75,7 @@ def thin_tissue(head: np.ndarray, region: np.ndarray, zooms: tuple[float, float,
         return thin
     box = bounding_box(region, voxels_for_mm(2 * EAR_THICKNESS_MM, zooms))
     inside = head[box]
-    core = ndimage.distance_transform_edt(inside, sampling=zooms) > EAR_THICKNESS_MM
-    opened = ndimage.distance_transform_edt(~core, sampling=zooms) <= EAR_THICKNESS_MM
-    thin[box] = inside & ~opened & region[box]
+    thin[box] = inside & ~opened_mm(inside, zooms, EAR_THICKNESS_MM) & region[box]
     return thin
 
 

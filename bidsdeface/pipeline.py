@@ -607,13 +607,13 @@ def _write_subject_files(
     config: Config, identities: dict[str, SubjectIdentity], outcomes: list[tuple[ScanJob, ScanOutcome]]
 ) -> None:
     """Write each subject's tables, scrub record and report (under the subjects' locks)."""
+    scrubbed: dict[str, dict[str, Any]] = {subject: {} for subject in identities}
+    for job, outcome in outcomes:
+        if outcome.status == "done":  # a withheld scan's sidecar is not in the output
+            scrubbed[job.subject].update(outcome.scrub)
     for subject, identity in identities.items():
         if (config.output_dir / f"sub-{identity.output_label}").is_dir():
-            # a withheld scan's sidecar is not in the output: only written scans have scrub records
-            records = {}
-            for job, outcome in outcomes:
-                if job.subject == subject and outcome.status == "done":
-                    records.update(outcome.scrub)
+            records = scrubbed[subject]
             tables = write_subject_tables(config, identity)
             records.update({name: {"Table": report.as_record()} for name, report in tables.items()})
             write_scrub_record(config, identity, records)

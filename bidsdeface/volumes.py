@@ -1,17 +1,22 @@
 """Volumes and their grids: boxes, components, distances in mm, blocks, value scaling, ANTs images.
 
-Every array helper that more than one stage needs lives here, once.
+Every array helper that more than one stage needs lives here, once. ANTs is imported by the
+functions that use it, so the stages that need only arrays (scrubbing, DICOM conversion)
+start without loading it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import ants
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import is_proxy
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import ants
 
 
 def voxels_for_mm(distance_mm: float, zooms: Sequence[float], extra: int = 1) -> list[int]:
@@ -181,6 +186,8 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def to_ants(volume: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
     """Wrap a 3D array with its voxel-to-RAS affine as an ANTs (LPS) image."""
+    import ants
+
     lps = RAS_TO_LPS @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
@@ -295,6 +302,8 @@ def warp_volume(
     numpy.ndarray
         float32 values on the target grid.
     """
+    import ants
+
     order = list(reversed(transforms)) if inverse else list(transforms)
     warped = ants.apply_transforms(
         to_ants(np.zeros(shape, np.float32), grid_affine),

@@ -253,13 +253,12 @@ def cut_by_plane(image: nib.Nifti1Image, brain: np.ndarray, margin_mm: float = 1
     return nib.Nifti1Image(data, image.affine, image.header)
 
 
-def _yawed(path: Path) -> nib.Nifti1Image:
-    """The IXI head with a header that turns it round (a wrong orientation)."""
+def turned_in_header(image: nib.Nifti1Image, axis: str, degrees: float) -> nib.Nifti1Image:
+    """``image``'s voxels (real values) with a header that turns them ``degrees`` about the RAS ``axis``."""
     from scipy.spatial.transform import Rotation
 
-    image = nib.load(path)
     turn = np.eye(4)
-    turn[:3, :3] = Rotation.from_euler("z", 180, degrees=True).as_matrix()
+    turn[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
     return nib.Nifti1Image(np.asanyarray(image.dataobj), turn @ image.affine)
 
 
@@ -399,7 +398,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory, converted_dataset: Path)
     base = tmp_path_factory.mktemp("heads")
     sources: dict[str, Path | nib.Nifti1Image] = {label: SHARED / relative for label, relative in NIFTI_HEADS.items()}
     sources.update({name: converted_dataset / f"sub-{name}/anat/sub-{name}_T1w.nii.gz" for name in DICOM_HEADS})
-    sources["ixiYaw180"] = _yawed(SHARED / NIFTI_HEADS["ixi"])
+    sources["ixiYaw180"] = turned_in_header(nib.load(SHARED / NIFTI_HEADS["ixi"]), "z", 180)  # a wrong orientation
     bids = make_dataset(base / "bids", {k: v for k, v in sources.items() if k not in SUFFIX})
     make_dataset(base / "bids", {k: v for k, v in sources.items() if k in SUFFIX}, suffix="T2w")
     assert sorted(ARRAY_ORDER) == sorted(HEADS)

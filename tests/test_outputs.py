@@ -26,9 +26,13 @@ from bidsdeface.outputs import (
 from bidsdeface.qc import ScanQc, Verdict
 
 
+def _job(tmp_path: Path) -> ScanJob:
+    return ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
+
+
 def test_output_paths_move_images_only(tmp_path: Path) -> None:
     """Relocating keeps the QC record and figures in the output and moves every image and sidecar."""
-    job = ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
+    job = _job(tmp_path)
     config = Config(tmp_path, tmp_path / "out", skull_strip=True)
     outputs = OutputPaths.for_job(config, job, SubjectIdentity("01", "01", None))
     moved = outputs.relocated(config.output_dir, tmp_path / "private" / "failed")
@@ -44,7 +48,7 @@ def test_output_paths_move_images_only(tmp_path: Path) -> None:
 
 def test_superseded_files_of_earlier_runs(tmp_path: Path) -> None:
     """A failed scan removes every earlier image in the output; a written one, the private failed copy."""
-    job = ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
+    job = _job(tmp_path)
     config = Config(tmp_path / "bids", tmp_path / "out", keep_failed=True)
     outputs = OutputPaths.for_job(config, job, SubjectIdentity("01", "01", None))
     private = outputs.relocated(config.output_dir, tmp_path / "out-private" / "failed")
@@ -85,10 +89,6 @@ def _stage_all(config: Config, outputs: OutputPaths, content: ScanContent) -> No
         if destination is not None:
             stage_images(staged, destination, content)
         stage_completion(staged, config, outputs, destination, content, {"load": 0.1, "write": 0.2})
-
-
-def _job(tmp_path: Path) -> ScanJob:
-    return ScanJob("01", "", tmp_path / "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz", "T1w", "anat")
 
 
 def test_scan_files_commit_with_the_image_sidecar_last(tmp_path: Path) -> None:

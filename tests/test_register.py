@@ -18,7 +18,6 @@ import ants
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from bidsdeface.config import Config
 from bidsdeface.deface import deface_image
@@ -44,7 +43,7 @@ from bidsdeface.register import (
 from bidsdeface.templates import Template, load_template
 from bidsdeface.volumes import dice, real_values, stored_data, to_ants
 
-from .conftest import NIFTI_HEADS, needs_shared, shared_file
+from .conftest import NIFTI_HEADS, needs_shared, shared_file, turned_in_header
 
 CONFIG = Config(bids_dir=Path("."), output_dir=Path("."))
 # The IXI copies' face regions lie at a Dice of 0.86-0.96 from the whole head's over repeated
@@ -300,11 +299,7 @@ def test_upside_down_defaced_head_is_placed_upright(
     whole: Placed, copies: dict[str, Path], template: Template, tmp_path: Path
 ) -> None:
     """The zeroed copy with a header that turns it upside down (180 degrees about left-right)."""
-    image = nib.load(copies["zeroed"])
-    turn = np.eye(4)
-    turn[:3, :3] = Rotation.from_euler("x", 180, degrees=True).as_matrix()
-    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), turn @ image.affine), tmp_path / "upside_down.nii.gz")
-    turned = _place(tmp_path / "upside_down.nii.gz", template, tmp_path / "work")
+    turned = _place(_turned(copies["zeroed"], "x", 180, tmp_path), template, tmp_path / "work")
     assert turned.registration.start == "pitch180"
     assert turned.registration.score >= CONFIG.min_registration_score
     assert dice(turned.face, whole.face) >= FACE_AGREEMENT  # same voxels: the face region is where it was
@@ -362,11 +357,9 @@ HEADER_TURNS = {"yaw90": ("z", 90), "yaw180": ("z", 180), "pitch90": ("x", 90), 
 
 
 def _turned(path: Path, axis: str, degrees: float, folder: Path) -> Path:
-    image = nib.load(path)
-    turn = np.eye(4)
-    turn[:3, :3] = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
+    """Save ``path`` turned in its header (:func:`turned_in_header`) in ``folder``; return the new file."""
     turned = folder / f"{path.name.split('.')[0]}_{axis}{degrees}.nii.gz"
-    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), turn @ image.affine, image.header), turned)
+    nib.save(turned_in_header(nib.load(path), axis, degrees), turned)
     return turned
 
 
