@@ -26,7 +26,9 @@ from .config import (
     SKULL_STRIP_METHODS,
     SUPPORTED_SUFFIXES,
     Config,
-    bound_threads,
+    fitted_to_cores,
+    itk_single_threaded,
+    usable_cores,
 )
 from .errors import (
     EXIT_INTERNAL,
@@ -317,7 +319,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """Parallelism, scratch space, validation, re-runs and failed scans."""
     parser.add_argument("--nprocs", type=_positive_int, default=1, help="scans processed in parallel")
     parser.add_argument(
-        "--omp-nthreads", type=_positive_int, default=2, help="threads per scan for registration (ITK/ANTs)"
+        "--omp-nthreads",
+        type=_positive_int,
+        default=2,
+        help="cores per scan: parallel processes for the registration's pose search (when the header's pose "
+        "is not clearly right) and threads for --skull-strip-method deepbet. ANTs itself runs on one thread, "
+        "so that outputs repeat bit for bit. Keep nprocs x omp-nthreads within the cores (it is lowered to fit)",
     )
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
     parser.add_argument(
@@ -386,6 +393,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     UsageError
         The scrub policy file is unreadable or malformed.
     """
+    nprocs, omp_nthreads = fitted_to_cores(args.nprocs, args.omp_nthreads, usable_cores())
+    if (nprocs, omp_nthreads) != (args.nprocs, args.omp_nthreads):
+        log.info(
+            "--nprocs %d x --omp-nthreads %d is more than the %d core(s) available: using %d x %d",
+            args.nprocs,
+            args.omp_nthreads,
+            usable_cores(),
+            nprocs,
+            omp_nthreads,
+        )
     return Config(
         bids_dir=args.bids_dir.absolute(),
         output_dir=args.output_dir.absolute(),
@@ -399,8 +416,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         skull_strip=args.skull_strip or args.skull_strip_method is not None,
         skull_strip_method=args.skull_strip_method or SKULL_STRIP_METHODS[0],
         min_registration_score=args.min_registration_score,
-        nprocs=args.nprocs,
-        omp_nthreads=args.omp_nthreads,
+        nprocs=nprocs,
+        omp_nthreads=omp_nthreads,
         work_dir=None if args.work_dir is None else args.work_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
         overwrite=args.overwrite,
@@ -462,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    bound_threads(args.omp_nthreads)
+    itk_single_threaded()
     from .pipeline import run_group, run_participant
 
     log.info("bidsdeface %s: %s level", __version__, args.analysis_level)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, bound_threads
+from .config import Config, itk_single_threaded
 from .deface import DefaceResult, deface_image
 from .derivatives import (
     deidentification,
@@ -496,9 +496,9 @@ def validate_input(config: Config) -> None:
     log.info("input dataset is valid BIDS (%.1f s)", time.perf_counter() - started)
 
 
-def _start_worker(threads: int) -> None:
-    """Set up a pool worker as the command line sets up itself: bounded threads, no stray library output."""
-    bound_threads(threads)
+def _start_worker() -> None:
+    """Set up a pool worker as the command line sets up itself: ITK on one thread, no stray library output."""
+    itk_single_threaded()
     library_messages_to_debug()
 
 
@@ -506,14 +506,12 @@ def _map_scans(
     jobs: list[ScanJob], config: Config, identities: dict[str, SubjectIdentity]
 ) -> Iterator[tuple[ScanJob, ScanOutcome]]:
     if config.nprocs == 1 or len(jobs) == 1:
-        bound_threads(config.omp_nthreads)
+        itk_single_threaded()
         for job in jobs:
             yield job, process_scan(job, config, identities[job.subject])
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=config.nprocs, mp_context=context, initializer=_start_worker, initargs=(config.omp_nthreads,)
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=config.nprocs, mp_context=context, initializer=_start_worker) as pool:
         futures = [(job, pool.submit(process_scan, job, config, identities[job.subject])) for job in jobs]
         try:
             for job, future in futures:

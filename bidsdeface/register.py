@@ -25,8 +25,11 @@ rigidly to a same-session T1w whose template registration is then chained
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import ants
@@ -34,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .config import Config
+from .config import Config, itk_is_single_threaded
 from .errors import RegistrationError
 from .images import Scan, brain_threshold, check_head_plausible, head_mask
 from .templates import Template
@@ -346,12 +349,67 @@ def clearly_right(header: _StartResult) -> bool:
     return header.mutual_information >= EARLY_ACCEPT_MI and header.score >= EARLY_ACCEPT_SCORE
 
 
-def _search_poses(coarse: _Level, work_dir: Path, search_all: bool = False) -> list[_StartResult]:
+def _search_poses(coarse: _Level, work_dir: Path, processes: int, search_all: bool = False) -> list[_StartResult]:
     """Fit the header's pose, and the other starting rotations unless it is :func:`clearly_right`."""
     header = _fit_start(coarse, START_ROTATIONS[0], work_dir)
     if clearly_right(header) and not search_all:
         return [header]
-    return [header, *(_fit_start(coarse, start, work_dir) for start in START_ROTATIONS[1:])]
+    return [header, *_fit_starts(coarse, START_ROTATIONS[1:], work_dir, processes)]
+
+
+def _fit_starts(
+    coarse: _Level, starts: Sequence[tuple[str, tuple[float, float, float]]], work_dir: Path, processes: int
+) -> list[_StartResult]:
+    """Fit ``starts`` (see :func:`_fit_start`) shared among this process and up to ``processes - 1`` forked ones.
+
+    A start's fit is the same in any process (ITK on one thread, a fixed seed), so the
+    results do not depend on ``processes``. Forked children inherit ``coarse`` instead of
+    receiving a copy, and send back their results (or their exception) through a pipe.
+    Only a process whose ITK keeps no threads forks (see
+    :func:`bidsdeface.config.itk_single_threaded`); any other fits them one after another.
+    """
+    shares = [list(starts[i::processes]) for i in range(min(processes, len(starts)))]
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and itk_is_single_threaded()
+    if len(shares) <= 1 or not can_fork:
+        return [_fit_start(coarse, start, work_dir) for start in starts]
+    context = multiprocessing.get_context("fork")
+    children = []
+    for share in shares[1:]:
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_fit_share, args=(coarse, share, work_dir, sender), daemon=True)
+        child.start()
+        sender.close()
+        children.append((child, receiver))
+    fitted = {result.name: result for result in (_fit_start(coarse, start, work_dir) for start in shares[0])}
+    for child, receiver in children:
+        fitted |= {result.name: result for result in _received(child, receiver)}
+    return [fitted[name] for name, _ in starts]
+
+
+def _fit_share(
+    coarse: _Level, share: list[tuple[str, tuple[float, float, float]]], work_dir: Path, sender: Connection
+) -> None:
+    """Fit ``share`` in a forked process and send the results, or the exception, to the parent."""
+    try:
+        sender.send([_fit_start(coarse, start, work_dir) for start in share])
+    except Exception as error:  # the parent raises it
+        sender.send(error)
+    finally:
+        sender.close()
+
+
+def _received(child: multiprocessing.process.BaseProcess, receiver: Connection) -> list[_StartResult]:
+    """Return what a :func:`_fit_share` child sent; raise the exception it sent, or that it sent none."""
+    try:
+        results = receiver.recv()
+    except EOFError:
+        results = RuntimeError(f"a pose search process ended without a result (exit code {child.exitcode})")
+    finally:
+        receiver.close()
+        child.join()
+    if isinstance(results, Exception):
+        raise results
+    return results
 
 
 def _choose_start(results: list[_StartResult]) -> _StartResult:
@@ -433,7 +491,8 @@ def register_template(
     template : Template
         Bundled head template.
     config : Config
-        ``min_registration_score`` and ``random_seed`` (see :func:`seed_ants_registration`).
+        ``min_registration_score``, ``random_seed`` (see :func:`seed_ants_registration`) and
+        ``omp_nthreads`` (processes for the pose search).
     work_dir : Path
         An existing folder where ANTs writes its transform files. The returned
         :class:`Registration` names files in it, which masks and QC read later: the
@@ -457,17 +516,22 @@ def register_template(
     """
     seed_ants_registration(config.random_seed)
     fine, coarse = _levels(scan, template, threshold, brain_only)
-    best = _placed(fine, coarse, work_dir, brain_only)
+    best = _placed(fine, coarse, work_dir, brain_only, config.omp_nthreads)
     if best.starts_tried == 1 and best.score < config.min_registration_score:
         log.debug("the header's pose scored %.2f after all: trying every starting pose", best.score)
-        best = _placed(fine, coarse, work_dir, brain_only, search_all=True)
+        best = _placed(fine, coarse, work_dir, brain_only, config.omp_nthreads, search_all=True)
     _check_score(best, scan, config)
     return best
 
 
-def _placed(fine: _Level, coarse: _Level, work_dir: Path, brain_only: bool, search_all: bool = False) -> Registration:
-    """Search the starting poses (all, or the header's alone when it is clearly right), refine, and choose."""
-    poses = _search_poses(coarse, work_dir, search_all)
+def _placed(
+    fine: _Level, coarse: _Level, work_dir: Path, brain_only: bool, processes: int, search_all: bool = False
+) -> Registration:
+    """Search the starting poses (all, or the header's alone when it is clearly right), refine, and choose.
+
+    The search runs in up to ``processes`` processes.
+    """
+    poses = _search_poses(coarse, work_dir, processes, search_all)
     chosen = _refine(fine, poses, work_dir)
     start = chosen.name.split("_")[0]
     log.debug("pose %s chosen from %d starting poses (%s)", start, len(poses), chosen.name)

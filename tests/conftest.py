@@ -17,11 +17,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bidsdeface.config import itk_single_threaded
 from bidsdeface.files import TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BIDSDEFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 EXAMPLE = REPO / "examples" / "ds-ixi"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run ITK in the test process as the command line does (one thread, no pool), before any test uses it."""
+    itk_single_threaded()
+
 
 NIFTI_HEADS = {
     "ixi": "mri_t1w_ixi012/IXI012-HH-1211_T1.nii.gz",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -189,6 +192,33 @@ def test_example_outputs(tmp_path: Path) -> None:
         assert mtime == 0
         with gzip.open(image) as stream:
             stream.read(348)
+
+
+# Files that hold stage times (seconds) besides what they report on the scans.
+TIMED_FILES = ("qc.tsv", "sub-01.html")
+
+
+def test_example_repeats_bit_for_bit_with_two_cores(tmp_path: Path) -> None:
+    """The bundled example and one key give the same bytes (all but the stage times) in two runs with two cores.
+
+    (That the pose search gives the same bytes in one process or several is
+    ``test_register.py::test_pose_search_in_forked_processes_gives_the_same_bytes_as_in_one``.)
+    """
+    digests = []
+    for run in ("first", "second"):
+        out = tmp_path / run / "out"
+        command = [sys.executable, "-m", "bidsdeface.cli", str(EXAMPLE), str(out), "participant", "--omp-nthreads", "2"]
+        key = {DATE_SHIFT_KEY_ENV: "the same key for both runs"}
+        completed = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, **key})
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        digest = {name: value for name, value in tree_digest(out.parent).items() if Path(name).name not in TIMED_FILES}
+        for record in out.rglob("*_qc.json"):
+            content = json.loads(record.read_text())
+            content.pop("Seconds")
+            digest[record.relative_to(out.parent).as_posix()] = json.dumps(content, sort_keys=True)
+        digests.append(digest)
+    assert any(name.endswith("_defacemask.nii.gz") for name in digests[0])
+    assert digests[0] == digests[1]
 
 
 def test_session_filter_selects_one_session(tmp_path: Path) -> None:

@@ -32,12 +32,14 @@ from bidsdeface.register import (
     Registration,
     _choose_start,
     _fit_start,
+    _fit_starts,
     _Level,
     _levels,
     _search_poses,
     _StartResult,
     clearly_right,
     register_template,
+    seed_ants_registration,
     warp_template_mask,
 )
 from bidsdeface.templates import Template, load_template
@@ -166,7 +168,7 @@ def test_pose_search_finds_a_head_turned_round_in_its_header(tmp_path: Path, mon
     monkeypatch.setattr("bidsdeface.register.START_ROTATIONS", tuple(poses.items()))
     scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
     level, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, TURNED_ROUND @ scan.affine)
-    results = _search_poses(level, tmp_path, search_all=True)
+    results = _search_poses(level, tmp_path, processes=1, search_all=True)
     assert [r.name for r in results] == list(poses), "the header's pose first"
     by_name = {r.name: r for r in results}
     best = max(results[1:], key=lambda r: r.mutual_information)
@@ -174,6 +176,24 @@ def test_pose_search_finds_a_head_turned_round_in_its_header(tmp_path: Path, mon
     assert _choose_start([by_name["upright"], best]).name == "pitch180"
     assert by_name["pitch180"].score == max(r.score for r in results)
     assert by_name["pitch180"].score >= CONFIG.min_registration_score
+
+
+def test_pose_search_in_forked_processes_gives_the_same_bytes_as_in_one(tmp_path: Path) -> None:
+    """The starting rotations shared among processes fit exactly as they do one after another."""
+    scan = synthetic_head(SYNTHETIC_SCAN_VOXEL_MM)
+    level, _ = synthetic_level(SYNTHETIC_SCAN_SCALE * scan.volume, TURNED_ROUND @ scan.affine)
+    starts = START_ROTATIONS[1:4]
+    seed_ants_registration(CONFIG.random_seed)
+    results = {}
+    for processes in (1, 2, 3):
+        (tmp_path / str(processes)).mkdir()
+        fitted = _fit_starts(level, starts, tmp_path / str(processes), processes)
+        results[processes] = [
+            (r.name, r.score, r.mutual_information, [Path(f).read_bytes() for f in r.transforms]) for r in fitted
+        ]
+    assert [name for name, *_ in results[1]] == [name for name, _ in starts], "in the order of the starts"
+    assert results[2] == results[1]
+    assert results[3] == results[1]
 
 
 def test_overlap_of_a_perfect_placement_is_near_one_and_a_shifted_one_lower(tmp_path: Path) -> None:
