@@ -70,35 +70,59 @@ def _centred_in(box: Any, where: np.ndarray, mirrored: bool) -> bool:
     return bool(where[row, where.shape[1] - 1 - column if mirrored else column])
 
 
-def face_check(renders: dict[tuple[str, str], np.ndarray], template: Template, grid: ViewGrid) -> dict[str, Any]:
-    """Run both face detectors on every face-check view, before and after defacing.
+@dataclass(frozen=True)
+class FaceSearch:
+    """The two detectors, and for each face-check view where a face must be centred to count."""
 
-    Returns
-    -------
-    dict
-        ``face_score_before``/``after`` (HOG) and ``face_cnn_score_before``/``after``
-        (CNN): each detector's best score over FACE_VIEWS, None when it found no candidate.
-    """
-    detectors = face_detectors()
+    detectors: FaceDetectors
+    where: dict[str, np.ndarray]
+
+
+def face_search(template: Template, grid: ViewGrid) -> FaceSearch | None:
+    """Load the detectors and draw the face region's silhouette in each of FACE_VIEWS; None without dlib."""
+    if not face_detector_available():
+        return None
     face = grid.template_mask(template.face)
     where = {name: face_silhouette(face, "front", yaw, pitch) for name, yaw, pitch in FACE_VIEWS}
-    metrics: dict[str, Any] = {}
-    for stage in ("before", "after"):
-        found: dict[str, list[float]] = {"hog": [], "cnn": []}
-        for name, _, _ in FACE_VIEWS:
-            for detector, score in face_scores(renders[stage, name], detectors, where[name]).items():
-                if score is not None:
-                    found[detector].append(score)
-        metrics[f"face_score_{stage}"] = max(found["hog"], default=None)
-        metrics[f"face_cnn_score_{stage}"] = max(found["cnn"], default=None)
-    return metrics
+    return FaceSearch(face_detectors(), where)
 
 
-def face_metrics(renders: dict[tuple[str, str], np.ndarray], template: Template, grid: ViewGrid) -> dict[str, Any]:
-    """Return the face check's metrics: ``face_check`` (``run`` or ``unavailable``) and, when run, its scores.
+def face_check(renders: dict[tuple[str, str], np.ndarray], template: Template, grid: ViewGrid) -> dict[str, Any]:
+    """Run both face detectors on every face-check view, before and after defacing; return :func:`face_metrics`."""
+    search = face_search(template, grid)
+    before, after = (
+        stage_face_scores({name: renders[stage, name] for name, _, _ in FACE_VIEWS}, search)
+        for stage in ("before", "after")
+    )
+    return face_metrics(before, after)
 
-    See :func:`face_check` for the scores.
+
+def stage_face_scores(renders: dict[str, np.ndarray], search: FaceSearch | None) -> dict[str, float | None] | None:
+    """Return each detector's best score (``hog``, ``cnn``) over the FACE_VIEWS ``renders`` of one stage.
+
+    A score is None when no candidate is centred in the face region's silhouette; the
+    whole result is None without a ``search`` (dlib is not installed).
     """
-    if not face_detector_available():
+    if search is None:
+        return None
+    found: dict[str, list[float]] = {"hog": [], "cnn": []}
+    for name, _, _ in FACE_VIEWS:
+        for detector, score in face_scores(renders[name], search.detectors, search.where[name]).items():
+            if score is not None:
+                found[detector].append(score)
+    return {detector: max(scores, default=None) for detector, scores in found.items()}
+
+
+def face_metrics(before: dict[str, float | None] | None, after: dict[str, float | None] | None) -> dict[str, Any]:
+    """Return the face check's metrics from the :func:`stage_face_scores` before and after defacing.
+
+    ``face_check`` is ``run`` or ``unavailable`` (no dlib); when run, ``face_score_before``/
+    ``after`` (HOG) and ``face_cnn_score_before``/``after`` (CNN): each detector's best
+    score over FACE_VIEWS, None when it found no candidate.
+    """
+    if before is None or after is None:
         return {"face_check": "unavailable"}
-    return {"face_check": "run", **face_check(renders, template, grid)}
+    metrics: dict[str, Any] = {"face_check": "run"}
+    for stage, scores in (("before", before), ("after", after)):
+        metrics |= {f"face_score_{stage}": scores["hog"], f"face_cnn_score_{stage}": scores["cnn"]}
+    return metrics

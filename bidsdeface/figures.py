@@ -167,15 +167,32 @@ def template_views(
     surface_threshold: float,
 ) -> TemplateViews:
     """Resample 3D ``before``, ``after`` and ``removed`` (scan grid) onto the :func:`view_grid`."""
-    geometry, resample = _view_resampler(affine, template, registration)
-    outside = float(min(before.min(), after.min()))
+    outside = view_background(before, after)
     return TemplateViews(
-        before=resample(before, "linear", outside),
-        after=resample(after, "linear", outside),
-        removed=resample(removed.astype(np.float32), "nearestNeighbor") > 0.5,
+        before=view_of(before, affine, template, registration, "linear", outside),
+        after=view_of(after, affine, template, registration, "linear", outside),
+        removed=view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5,
         surface_threshold=surface_threshold,
-        grid=geometry,
+        grid=view_grid(template),
     )
+
+
+def view_background(before: np.ndarray, after: np.ndarray) -> float:
+    """Return the value of view points outside the scan: the lowest of ``before`` and ``after``."""
+    return float(min(before.min(), after.min()))
+
+
+def view_of(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    template: Template,
+    registration: Registration,
+    interpolator: str,
+    outside: float = 0.0,
+) -> np.ndarray:
+    """Resample one 3D ``volume`` (scan grid) onto the :func:`view_grid` (see :func:`template_views`)."""
+    _, resample = _view_resampler(affine, template, registration)
+    return resample(volume, interpolator, outside)
 
 
 def smoothed(view: np.ndarray) -> np.ndarray:
@@ -266,18 +283,28 @@ def surface_renders(views: TemplateViews) -> dict[tuple[str, str], np.ndarray]:
 
     Keys are (stage, view); each view's camera and light are the same before and after.
     """
-    renders: dict[tuple[str, str], np.ndarray] = {}
-    nearest: dict[str, float] = {}
-    for stage, volume in (("before", views.before), ("after", views.after)):
-        smooth = smoothed(volume)
-        for name, yaw, pitch in (*FACE_VIEWS, ("side", 0.0, 0.0)):
-            direction = "side" if name == "side" else "front"
-            depth = depth_map(
-                turned(smooth, yaw, pitch) if yaw or pitch else smooth, views.surface_threshold, direction
-            )
-            nearest.setdefault(name, _nearest(depth))
-            renders[stage, name] = surface_render(depth, direction, nearest[name])
-    return renders
+    before, nearest = stage_renders(views.before, views.surface_threshold)
+    after, _ = stage_renders(views.after, views.surface_threshold, nearest)
+    return {**{("before", name): r for name, r in before.items()}, **{("after", name): r for name, r in after.items()}}
+
+
+def stage_renders(
+    view: np.ndarray, surface_threshold: float, nearest: dict[str, float] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Render one view volume's surface from every face-check view and from the side.
+
+    Returns the renders by view name, and each view's nearest depth: ``nearest`` when
+    given (the input's, so that the camera and light are those of the input), else this
+    view's own.
+    """
+    smooth = smoothed(view)
+    renders, nearest = {}, dict(nearest or {})
+    for name, yaw, pitch in (*FACE_VIEWS, ("side", 0.0, 0.0)):
+        direction = "side" if name == "side" else "front"
+        depth = depth_map(turned(smooth, yaw, pitch) if yaw or pitch else smooth, surface_threshold, direction)
+        nearest.setdefault(name, _nearest(depth))
+        renders[name] = surface_render(depth, direction, nearest[name])
+    return renders, nearest
 
 
 def _nearest(depth: np.ndarray) -> float:

@@ -326,6 +326,7 @@ def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) 
                 threshold,
                 brain=None if brain is None else brain.mask,
                 remove_ears=config.remove_ears,
+                processes=config.omp_nthreads,
             )
     return DefacedScan(loaded, registration, brain, result, quality)
 

@@ -19,8 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from .faces import face_metrics
-from .figures import Figures, brain_mosaic, scan_figures, surface_renders, template_views
+from .faces import FaceSearch, face_metrics, face_search, stage_face_scores
+from .figures import (
+    Figures,
+    TemplateViews,
+    brain_mosaic,
+    scan_figures,
+    stage_renders,
+    view_background,
+    view_grid,
+    view_of,
+)
+from .forks import ForkedCall
 from .masks import ScanMasks, thin_tissue
 from .register import Registration
 from .skullstrip import brain_metrics
@@ -313,6 +323,7 @@ def check_scan(
     limits: Limits = LIMITS,
     brain: np.ndarray | None = None,
     remove_ears: bool = False,
+    processes: int = 1,
 ) -> ScanQc:
     """Measure, draw and judge one defaced scan.
 
@@ -342,27 +353,88 @@ def check_scan(
         and drawn with the protected region.
     remove_ears : bool
         The ears were to be removed: measure the pinna tissue left (:func:`ear_metrics`).
+    processes : int
+        With 2 or more, the input's view, renders and face check run in a forked process
+        (:mod:`bidsdeface.forks`) while this one measures and resamples the output, and
+        the output's face check runs in another while this one draws the figures.
 
     Returns
     -------
     ScanQc
     """
-    metrics: dict[str, Any] = {"registration_score": round(registration.score, 4)}
-    metrics.update(measure(before, after, masks, removed, signal_threshold))
-    zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
-    if remove_ears:
-        metrics.update(ear_metrics(before, after, masks, zooms, signal_threshold))
-    brain_sheet = None
-    if brain is not None:
-        metrics.update(brain_metrics(brain, masks.brain, zooms))
-        brain_sheet = brain_mosaic(mean_volume(after), brain, masks.protect, affine, template, registration)
-    views = template_views(
-        mean_volume(before), mean_volume(after), removed, affine, template, registration, signal_threshold
-    )
-    renders = surface_renders(views)
-    metrics.update(face_metrics(renders, template, views.grid))
+    before_3d = mean_volume(before)
+    scene = _Scene(affine, template, registration, signal_threshold, view_background(before_3d, mean_volume(after)))
+    before_call = ForkedCall(_seen, before_3d, scene) if processes > 1 else None
+    metrics, brain_sheet = _scan_metrics(before, after, masks, removed, scene, brain, remove_ears)
+    removed_view = view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5
+    after_view = view_of(mean_volume(after), affine, template, registration, "linear", scene.outside)
+    search = face_search(template, view_grid(template))
+    seen_before = before_call.result() if before_call is not None else _seen(before_3d, scene, search)
+    after_renders, _ = stage_renders(after_view, signal_threshold, seen_before.nearest)
+    after_faces = ForkedCall(stage_face_scores, after_renders, search) if processes > 1 else None
+    views = TemplateViews(seen_before.view, after_view, removed_view, signal_threshold, view_grid(template))
+    renders = {("before", name): render for name, render in seen_before.renders.items()}
+    renders |= {("after", name): render for name, render in after_renders.items()}
     figures = scan_figures(views, renders, template, brain_sheet)
+    scores = after_faces.result() if after_faces is not None else stage_face_scores(after_renders, search)
+    metrics.update(face_metrics(seen_before.faces, scores))
     return ScanQc(metrics=metrics, figures=figures, verdict=judge(metrics, limits))
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What the views of a scan need besides its voxels: grid, template, transform, surface, background."""
+
+    affine: np.ndarray
+    template: Template
+    registration: Registration
+    signal_threshold: float
+    outside: float
+
+
+def _scan_metrics(
+    before: np.ndarray,
+    after: np.ndarray,
+    masks: ScanMasks,
+    removed: np.ndarray,
+    scene: _Scene,
+    brain: np.ndarray | None,
+    remove_ears: bool,
+) -> tuple[dict[str, Any], bytes | None]:
+    """Return the voxel metrics of :func:`check_scan` (ears and brain when asked) and the brain figure, if any."""
+    metrics: dict[str, Any] = {"registration_score": round(scene.registration.score, 4)}
+    metrics.update(measure(before, after, masks, removed, scene.signal_threshold))
+    zooms = tuple(float(z) for z in np.linalg.norm(scene.affine[:3, :3], axis=0))
+    if remove_ears:
+        metrics.update(ear_metrics(before, after, masks, zooms, scene.signal_threshold))
+    if brain is None:
+        return metrics, None
+    metrics.update(brain_metrics(brain, masks.brain, zooms))
+    shown = mean_volume(after)
+    return metrics, brain_mosaic(shown, brain, masks.protect, scene.affine, scene.template, scene.registration)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One stage (before or after defacing) on the view grid: its view, renders, nearest depths, face scores."""
+
+    view: np.ndarray
+    renders: dict[str, np.ndarray]
+    nearest: dict[str, float]
+    faces: dict[str, float | None] | None
+
+
+def _seen(volume: np.ndarray, scene: _Scene, search: FaceSearch | None = None) -> _Seen:
+    """Resample a 3D scan volume onto the view grid, render it with its own camera, and look for faces.
+
+    ``search`` is made when not given (see :func:`bidsdeface.faces.face_search`).
+    """
+    view = view_of(volume, scene.affine, scene.template, scene.registration, "linear", scene.outside)
+    renders, nearest = stage_renders(view, scene.signal_threshold)
+    if search is None:
+        search = face_search(scene.template, view_grid(scene.template))
+    faces = stage_face_scores(renders, search)
+    return _Seen(view, renders, nearest, faces)
 
 
 def limits_record(limits: Limits = LIMITS) -> dict[str, float]:

@@ -25,11 +25,10 @@ rigidly to a same-session T1w whose template registration is then chained
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import ants
@@ -37,8 +36,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .config import Config, itk_is_single_threaded
+from .config import Config
 from .errors import RegistrationError
+from .forks import ForkedCall
 from .images import Scan, brain_threshold, check_head_plausible, head_mask
 from .templates import Template
 from .volumes import RAS_TO_LPS, block_mean, dice, dilate_mm, to_ants
@@ -246,8 +246,11 @@ class _Level:
         sampling: float = POSE_SEARCH_SAMPLING_RATE,
         near_head_only: bool = False,
         without_forgiven: bool = False,
+        compared_by_mi: bool = True,
     ) -> _StartResult:
         """Affine mutual-information fit from ``initial``; scored by head overlap and MI.
+
+        The fit's MI is measured only when it is ``compared_by_mi`` (NaN otherwise).
 
         With ``near_head_only``, MI is sampled only in and around the scan's head, where
         the information is (air is most of a large field of view). With
@@ -275,7 +278,7 @@ class _Level:
         )
         transforms = tuple(result["fwdtransforms"])
         score, face_missing = self.overlap(transforms)
-        mutual_information = self.mutual_information(transforms)
+        mutual_information = self.mutual_information(transforms) if compared_by_mi else math.nan
         log.debug(
             "pose %s: head overlap %.3f, mutual information %.4f, face missing %.2f (%.1f s)",
             name,
@@ -363,53 +366,20 @@ def _fit_starts(
     """Fit ``starts`` (see :func:`_fit_start`) shared among this process and up to ``processes - 1`` forked ones.
 
     A start's fit is the same in any process (ITK on one thread, a fixed seed), so the
-    results do not depend on ``processes``. Forked children inherit ``coarse`` instead of
-    receiving a copy, and send back their results (or their exception) through a pipe.
-    Only a process whose ITK keeps no threads forks (see
-    :func:`bidsdeface.config.itk_single_threaded`); any other fits them one after another.
+    results do not depend on ``processes`` (see :mod:`bidsdeface.forks`).
     """
     shares = [list(starts[i::processes]) for i in range(min(processes, len(starts)))]
-    can_fork = "fork" in multiprocessing.get_all_start_methods() and itk_is_single_threaded()
-    if len(shares) <= 1 or not can_fork:
-        return [_fit_start(coarse, start, work_dir) for start in starts]
-    context = multiprocessing.get_context("fork")
-    children = []
-    for share in shares[1:]:
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_fit_share, args=(coarse, share, work_dir, sender), daemon=True)
-        child.start()
-        sender.close()
-        children.append((child, receiver))
-    fitted = {result.name: result for result in (_fit_start(coarse, start, work_dir) for start in shares[0])}
-    for child, receiver in children:
-        fitted |= {result.name: result for result in _received(child, receiver)}
+    forked = [ForkedCall(_fit_share, coarse, share, work_dir) for share in shares[1:]]
+    fitted = {result.name: result for result in _fit_share(coarse, shares[0], work_dir)} if shares else {}
+    for call in forked:
+        fitted |= {result.name: result for result in call.result()}
     return [fitted[name] for name, _ in starts]
 
 
 def _fit_share(
-    coarse: _Level, share: list[tuple[str, tuple[float, float, float]]], work_dir: Path, sender: Connection
-) -> None:
-    """Fit ``share`` in a forked process and send the results, or the exception, to the parent."""
-    try:
-        sender.send([_fit_start(coarse, start, work_dir) for start in share])
-    except Exception as error:  # the parent raises it
-        sender.send(error)
-    finally:
-        sender.close()
-
-
-def _received(child: multiprocessing.process.BaseProcess, receiver: Connection) -> list[_StartResult]:
-    """Return what a :func:`_fit_share` child sent; raise the exception it sent, or that it sent none."""
-    try:
-        results = receiver.recv()
-    except EOFError:
-        results = RuntimeError(f"a pose search process ended without a result (exit code {child.exitcode})")
-    finally:
-        receiver.close()
-        child.join()
-    if isinstance(results, Exception):
-        raise results
-    return results
+    coarse: _Level, share: list[tuple[str, tuple[float, float, float]]], work_dir: Path
+) -> list[_StartResult]:
+    return [_fit_start(coarse, start, work_dir) for start in share]
 
 
 def _choose_start(results: list[_StartResult]) -> _StartResult:
@@ -446,7 +416,16 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartRe
     # function wander) and its cost independent of the field of view.
     sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
     refined = [
-        fine.fit(f"{r.name}_refined", list(r.transforms), (2, 1), REFINE_ITERATIONS, work_dir, sampling, True)
+        fine.fit(
+            f"{r.name}_refined",
+            list(r.transforms),
+            (2, 1),
+            REFINE_ITERATIONS,
+            work_dir,
+            sampling,
+            near_head_only=True,
+            compared_by_mi=len(contenders) > 1,
+        )
         for r in contenders
     ]
     chosen = _choose_start(refined)
@@ -454,7 +433,15 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartRe
         return chosen
     start = chosen.name.removesuffix("_refined")
     faceless = fine.fit(
-        f"{start}_faceless", list(chosen.transforms), (2, 1), REFINE_ITERATIONS, work_dir, sampling, True, True
+        f"{start}_faceless",
+        list(chosen.transforms),
+        (2, 1),
+        REFINE_ITERATIONS,
+        work_dir,
+        sampling,
+        near_head_only=True,
+        without_forgiven=True,
+        compared_by_mi=False,
     )
     return faceless if faceless.face_missing > DEFACED_FACE_MISSING else chosen
 

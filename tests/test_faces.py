@@ -62,8 +62,9 @@ def test_centred_in_reads_mirrored_boxes_back() -> None:
 
 def test_face_metrics_without_dlib_say_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faces, "face_detector_available", lambda: False)
-    views = synthetic_views(ball_with_a_nose())
-    assert faces.face_metrics({}, ball_with_a_nose(), views.grid) == {"face_check": "unavailable"}
+    template = ball_with_a_nose()
+    views = synthetic_views(template)
+    assert faces.face_check(surface_renders(views), template, views.grid) == {"face_check": "unavailable"}
 
 
 def test_no_face_in_a_ball_with_a_nose() -> None:
@@ -71,7 +72,7 @@ def test_no_face_in_a_ball_with_a_nose() -> None:
         pytest.skip("dlib is not installed")
     template = ball_with_a_nose()
     views = synthetic_views(template)
-    metrics = faces.face_metrics(surface_renders(views), template, views.grid)
+    metrics = faces.face_check(surface_renders(views), template, views.grid)
     assert list(metrics) == [
         "face_check",
         "face_score_before",

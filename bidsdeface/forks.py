@@ -1,0 +1,68 @@
+"""Work shared with forked processes, for the cores ITK leaves idle (it runs on one thread).
+
+A forked child inherits the parent's memory, so large arguments (images, levels) are
+not copied; only the result (or the exception) comes back, pickled, through a pipe.
+A process forks only where that is safe: on a platform with ``fork``, with ITK keeping
+no threads (:func:`bidsdeface.config.itk_single_threaded`). Elsewhere the call runs in
+the process itself, with the same result.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Generic, TypeVar
+
+from .config import itk_is_single_threaded
+
+Result = TypeVar("Result")
+
+
+def can_fork() -> bool:
+    """Return whether this process may fork a child that runs ITK (see the module's description)."""
+    return "fork" in multiprocessing.get_all_start_methods() and itk_is_single_threaded()
+
+
+class ForkedCall(Generic[Result]):
+    """``function(*args)`` running in a forked child; :meth:`result` waits for its value.
+
+    Without :func:`can_fork`, the call runs at once in this process.
+    """
+
+    def __init__(self, function: Callable[..., Result], *args: Any) -> None:
+        self._value: Result | None = None
+        self._child = None
+        if not can_fork():
+            self._value = function(*args)
+            return
+        context = multiprocessing.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._child = context.Process(target=_send_result, args=(function, args, sender), daemon=True)
+        self._child.start()
+        sender.close()
+
+    def result(self) -> Result:
+        """Return the call's value; raise its exception, or RuntimeError when the child sent nothing."""
+        if self._child is None:
+            return self._value  # type: ignore[return-value]
+        try:
+            outcome = self._receiver.recv()
+        except EOFError:
+            outcome = RuntimeError(f"a forked process ended without a result (exit code {self._child.exitcode})")
+        finally:
+            self._receiver.close()
+            self._child.join()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _send_result(function: Callable[..., Any], args: tuple[Any, ...], sender: Connection) -> None:
+    """Run in the child: send ``function(*args)``, or the exception it raised, to the parent."""
+    try:
+        sender.send(function(*args))
+    except Exception as error:  # the parent raises it
+        sender.send(error)
+    finally:
+        sender.close()
