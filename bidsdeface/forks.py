@@ -43,9 +43,18 @@ class ForkedCall(Generic[Result]):
         sender.close()
 
     def result(self) -> Result:
-        """Return the call's value; raise its exception, or RuntimeError when the child sent nothing."""
+        """Return the call's value (kept for later calls).
+
+        Raises the call's exception, or RuntimeError when the child ended without a result.
+        """
         if self._child is None:
             return self._value  # type: ignore[return-value]
+        self._value = self._received()
+        self._child = None
+        return self._value
+
+    def _received(self) -> Result:
+        """Wait for the child's value and reap it."""
         try:
             outcome = self._receiver.recv()
         except EOFError:
@@ -63,6 +72,9 @@ def _send_result(function: Callable[..., Any], args: tuple[Any, ...], sender: Co
     try:
         sender.send(function(*args))
     except Exception as error:  # the parent raises it
-        sender.send(error)
+        try:
+            sender.send(error)
+        except Exception:  # an exception that does not pickle: its message, as a RuntimeError
+            sender.send(RuntimeError(f"{type(error).__name__}: {error}"))
     finally:
         sender.close()

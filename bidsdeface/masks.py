@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .forks import ForkedCall
 from .images import Scan, head_mask
 from .register import Registration, warp_template_masks
 from .templates import Template
@@ -89,7 +90,12 @@ MASK_RESOLUTION_MM = 1.0
 
 
 def scan_masks(
-    scan: Scan, template: Template, registration: Registration, brain_margin_mm: float, head_threshold: float
+    scan: Scan,
+    template: Template,
+    registration: Registration,
+    brain_margin_mm: float,
+    head_threshold: float,
+    processes: int = 1,
 ) -> ScanMasks:
     """Return the template's face, ear and brain masks on the scan's grid, the protected brain and the head.
 
@@ -98,20 +104,45 @@ def scan_masks(
     Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
     of whole blocks of their voxels, and every voxel takes its block's value: 4x less
     work for a 0.5 mm CT. The protective margin then grows by the largest distance from a
-    voxel to its block's centre, so it is never thinner than ``brain_margin_mm``.
+    voxel to its block's centre, so it is never thinner than ``brain_margin_mm``. With
+    ``processes`` of 2 or more, the brain and its protected margin are made in a forked
+    process (:mod:`bidsdeface.forks`) while this one places the face and ears and finds the head.
     """
     shape, affine = scan.reference.shape, scan.image.affine
     block = block_factors(scan.zooms, MASK_RESOLUTION_MM)
     coarse_shape, coarse_affine = block_grid(shape, affine, block)
-    face, ears, brain = warp_template_masks(
-        coarse_shape, coarse_affine, [template.face, template.ears, template.brain], template, registration
-    )
     to_block_centre_mm = float(np.linalg.norm([(b - 1) / 2 * z for b, z in zip(block, scan.zooms, strict=True)]))
     coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
-    protect = dilate_mm(brain, coarse_zooms, brain_margin_mm + to_block_centre_mm)
-    face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
+    brain_args = (
+        coarse_shape,
+        coarse_affine,
+        template,
+        registration,
+        coarse_zooms,
+        brain_margin_mm + to_block_centre_mm,
+    )
+    brain_call = ForkedCall(_protected_brain, *brain_args) if processes > 1 else None
+    face, ears = warp_template_masks(
+        coarse_shape, coarse_affine, [template.face, template.ears], template, registration
+    )
     head = head_mask(scan.reference, scan.zooms, head_threshold)
+    brain, protect = brain_call.result() if brain_call is not None else _protected_brain(*brain_args)
+    if max(block) > 1:
+        face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
     return ScanMasks(face, ears | ear_tissue(head, ears, protect, scan.zooms), brain, protect, head)
+
+
+def _protected_brain(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    template: Template,
+    registration: Registration,
+    zooms: tuple[float, ...],
+    margin_mm: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the template brain on the grid of ``shape`` and ``affine``, and it grown by ``margin_mm``."""
+    (brain,) = warp_template_masks(shape, affine, [template.brain], template, registration)
+    return brain, dilate_mm(brain, zooms, margin_mm)
 
 
 def with_brain_protected(

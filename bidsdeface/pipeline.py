@@ -306,7 +306,7 @@ def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) 
             registration = _register(loaded, config, Path(scratch), job.suffix == "pet")
         with timer.stage("masks"):
             threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
-            masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold)
+            masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold, config.omp_nthreads)
         brain = None
         if skull_strip:
             with timer.stage("skullstrip"):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,14 +212,19 @@ class _Level:
         threshold: float | None,
         path: Path,
         forgiven: ants.ANTsImage | None = None,
+        moving_mask: Callable[[], np.ndarray] | None = None,
     ) -> _Level:
-        """Resample scan, template and ``forgiven`` (a template-space mask) to ``resolution`` mm."""
+        """Resample scan, template and ``forgiven`` (a template-space mask) to ``resolution`` mm.
+
+        ``moving_mask`` returns the template's :func:`template_head_mask` at this resolution
+        when it is being made elsewhere (it is asked for once the scan's side is done).
+        """
         zooms = (resolution,) * 3
         fixed = ants.resample_image(scan, zooms, use_voxels=False, interp_type=0)
-        moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
         fixed_mask = head_mask(fixed.numpy(), zooms, threshold=threshold)
         check_head_plausible(fixed.numpy(), fixed_mask, zooms, path)
-        moving_mask = head_mask(moving.numpy(), zooms)
+        moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
+        moving_mask = template_head_mask(template, resolution) if moving_mask is None else moving_mask()
         return cls(
             fixed,
             fixed_mask,
@@ -502,7 +507,7 @@ def register_template(
         No starting rotation reaches ``config.min_registration_score``.
     """
     seed_ants_registration(config.random_seed)
-    fine, coarse = _levels(scan, template, threshold, brain_only)
+    fine, coarse = _levels(scan, template, threshold, brain_only, config.omp_nthreads)
     best = _placed(fine, coarse, work_dir, brain_only, config.omp_nthreads)
     if best.starts_tried == 1 and best.score < config.min_registration_score:
         log.debug("the header's pose scored %.2f after all: trying every starting pose", best.score)
@@ -525,18 +530,51 @@ def _placed(
     return Registration(chosen.transforms, chosen.score, start, len(poses), "brain" if brain_only else "head")
 
 
-def _levels(scan: Scan, template: Template, threshold: float | None, brain_only: bool) -> tuple[_Level, _Level]:
+def _levels(
+    scan: Scan, template: Template, threshold: float | None, brain_only: bool, processes: int = 1
+) -> tuple[_Level, _Level]:
     """Return the scan and the template at the working (fine) and the pose-search (coarse) resolution.
 
     A head may lack its face and ears (what defacing removes), so those are forgiven in
     its score; a brain-only scan is registered to, and scored on, the template's brain.
+    With ``processes`` of 2 or more, the coarse level and the template's head mask at the
+    working resolution are made in a forked process while this one resamples the scan.
     """
     scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
     template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
     forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
-    fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
-    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
-    return fine, coarse
+    if processes < 2:
+        fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
+        return fine, _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
+    template_side = ForkedCall(_template_side, scan_image, template_image, threshold, scan.path, forgiven)
+    fine = _Level.build(
+        scan_image,
+        template_image,
+        WORK_RESOLUTION_MM,
+        threshold,
+        scan.path,
+        forgiven,
+        lambda: template_side.result()[0],
+    )
+    return fine, template_side.result()[1]
+
+
+def _template_side(
+    scan_image: ants.ANTsImage,
+    template_image: ants.ANTsImage,
+    threshold: float | None,
+    path: Path,
+    forgiven: ants.ANTsImage | None,
+) -> tuple[np.ndarray, _Level]:
+    """Return the template's head mask at the working resolution, and the coarse level (run in a forked process)."""
+    coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, path, forgiven)
+    return template_head_mask(template_image, WORK_RESOLUTION_MM), coarse
+
+
+def template_head_mask(template_image: ants.ANTsImage, resolution: float) -> np.ndarray:
+    """Return the head mask of the template resampled to ``resolution`` mm (as :class:`_Level` makes it)."""
+    zooms = (resolution,) * 3
+    return head_mask(ants.resample_image(template_image, zooms, use_voxels=False, interp_type=0).numpy(), zooms)
 
 
 def _check_score(registration: Registration, scan: Scan, config: Config) -> None:
