@@ -322,9 +322,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--omp-nthreads",
         type=_positive_int,
         default=2,
-        help="cores per scan: parallel processes for the registration's pose search (when the header's pose "
-        "is not clearly right) and threads for --skull-strip-method deepbet. ANTs itself runs on one thread, "
-        "so that outputs repeat bit for bit. Keep nprocs x omp-nthreads within the cores (it is lowered to fit)",
+        help="cores per scan: with 2 or more, parts of the registration (its pose search, when the header's "
+        "pose is not clearly right), the masks and the QC run side by side in forked processes, and "
+        "--skull-strip-method deepbet gets as many threads. ANTs runs on one thread in each process, so outputs "
+        "repeat bit for bit at any setting. nprocs x omp-nthreads is lowered to fit the cores",
     )
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
     parser.add_argument(
