@@ -365,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the table (markdown)")
     parser.add_argument(
-        "--omp-nthreads", type=int, default=2, help="ITK threads for registration and resampling (as bidsdeface's)"
+        "--omp-nthreads",
+        type=int,
+        default=2,
+        help="ITK threads for registration and resampling here (bidsdeface uses one per process; with more "
+        "than one the face check runs in this process instead of forked ones)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
     return parser

@@ -7,16 +7,22 @@ seems empty). The renders are the unobscured ones from
 :data:`bidsdeface.figures.FACE_VIEWS`; only faces centred in the template face
 region's silhouette count. dlib is optional: without it the check is reported as
 unavailable.
+
+dlib runs only in forked children (:class:`bidsdeface.forks.ForkedCall`), never in the
+process that forks them: dlib keeps a pool of threads that a fork does not copy, so a
+child forked from a process that has run dlib hangs as soon as dlib signals that pool.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .figures import FACE_VIEWS, ViewGrid, face_silhouette
+from .forks import ForkedCall
 from .templates import Template, face_model_path
 
 
@@ -29,12 +35,8 @@ class FaceDetectors:
 
 
 def face_detector_available() -> bool:
-    """Return whether the face detectors (dlib) can be imported."""
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Return whether the face detectors (dlib) are installed (found, not imported: see the module's description)."""
+    return importlib.util.find_spec("dlib") is not None
 
 
 def face_detectors() -> FaceDetectors:
@@ -70,51 +72,47 @@ def _centred_in(box: Any, where: np.ndarray, mirrored: bool) -> bool:
     return bool(where[row, where.shape[1] - 1 - column if mirrored else column])
 
 
-@dataclass(frozen=True)
-class FaceSearch:
-    """The two detectors, and for each face-check view where a face must be centred to count."""
-
-    detectors: FaceDetectors
-    where: dict[str, np.ndarray]
-
-
-def face_search(template: Template, grid: ViewGrid) -> FaceSearch | None:
-    """Load the detectors and draw the face region's silhouette in each of FACE_VIEWS; None without dlib."""
-    if not face_detector_available():
-        return None
+def face_silhouettes(template: Template, grid: ViewGrid) -> dict[str, np.ndarray]:
+    """Return, for each of FACE_VIEWS, where in its render a face must be centred to count."""
     face = grid.template_mask(template.face)
-    where = {name: face_silhouette(face, "front", yaw, pitch) for name, yaw, pitch in FACE_VIEWS}
-    return FaceSearch(face_detectors(), where)
+    return {name: face_silhouette(face, "front", yaw, pitch) for name, yaw, pitch in FACE_VIEWS}
 
 
 def face_check(renders: dict[tuple[str, str], np.ndarray], template: Template, grid: ViewGrid) -> dict[str, Any]:
     """Run both face detectors on every face-check view, before and after defacing; return :func:`face_metrics`."""
-    search = face_search(template, grid)
+    where = face_silhouettes(template, grid)
     before, after = (
-        stage_face_scores({name: renders[stage, name] for name, _, _ in FACE_VIEWS}, search)
+        detected_faces({name: renders[stage, name] for name, _, _ in FACE_VIEWS}, where)
         for stage in ("before", "after")
     )
-    return face_metrics(before, after)
+    return face_metrics(before.result(), after.result())
 
 
-def stage_face_scores(renders: dict[str, np.ndarray], search: FaceSearch | None) -> dict[str, float | None] | None:
-    """Return each detector's best score (``hog``, ``cnn``) over the FACE_VIEWS ``renders`` of one stage.
+def detected_faces(renders: dict[str, np.ndarray], where: dict[str, np.ndarray]) -> ForkedCall[dict | None]:
+    """Start looking for faces in one stage's renders (keyed by view name) in a forked child.
 
-    A score is None when no candidate is centred in the face region's silhouette; the
-    whole result is None without a ``search`` (dlib is not installed).
+    Its result is each detector's best score (``hog``, ``cnn``) over FACE_VIEWS, None for a
+    detector without a candidate centred in ``where`` (see :func:`face_silhouettes`); the
+    whole result is None when dlib is not installed.
     """
-    if search is None:
-        return None
+    if not face_detector_available():
+        return ForkedCall.finished(None)
+    return ForkedCall(_best_scores, {name: renders[name] for name, _, _ in FACE_VIEWS}, where)
+
+
+def _best_scores(renders: dict[str, np.ndarray], where: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Run both detectors on each render (in a forked child: see the module's description)."""
+    detectors = face_detectors()
     found: dict[str, list[float]] = {"hog": [], "cnn": []}
-    for name, _, _ in FACE_VIEWS:
-        for detector, score in face_scores(renders[name], search.detectors, search.where[name]).items():
+    for name, picture in renders.items():
+        for detector, score in face_scores(picture, detectors, where[name]).items():
             if score is not None:
                 found[detector].append(score)
     return {detector: max(scores, default=None) for detector, scores in found.items()}
 
 
 def face_metrics(before: dict[str, float | None] | None, after: dict[str, float | None] | None) -> dict[str, Any]:
-    """Return the face check's metrics from the :func:`stage_face_scores` before and after defacing.
+    """Return the face check's metrics from the :func:`detected_faces` before and after defacing.
 
     ``face_check`` is ``run`` or ``unavailable`` (no dlib); when run, ``face_score_before``/
     ``after`` (HOG) and ``face_cnn_score_before``/``after`` (CNN): each detector's best

@@ -42,6 +42,13 @@ class ForkedCall(Generic[Result]):
         self._child.start()
         sender.close()
 
+    @classmethod
+    def finished(cls, value: Result) -> ForkedCall[Result]:
+        """Return a call that is already done, with ``value`` as its result (no process)."""
+        call = cls.__new__(cls)
+        call._value, call._child = value, None
+        return call
+
     def result(self) -> Result:
         """Return the call's value (kept for later calls).
 
@@ -55,13 +62,16 @@ class ForkedCall(Generic[Result]):
 
     def _received(self) -> Result:
         """Wait for the child's value and reap it."""
+        ended_without_result = False
         try:
             outcome = self._receiver.recv()
         except EOFError:
-            outcome = RuntimeError(f"a forked process ended without a result (exit code {self._child.exitcode})")
+            ended_without_result = True
         finally:
             self._receiver.close()
             self._child.join()
+        if ended_without_result:
+            outcome = RuntimeError(f"a forked process ended without a result (exit code {self._child.exitcode})")
         if isinstance(outcome, Exception):
             raise outcome
         return outcome

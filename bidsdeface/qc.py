@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .faces import FaceSearch, face_metrics, face_search, stage_face_scores
+from .faces import detected_faces, face_metrics, face_silhouettes
 from .figures import (
     Figures,
     TemplateViews,
@@ -354,9 +354,10 @@ def check_scan(
     remove_ears : bool
         The ears were to be removed: measure the pinna tissue left (:func:`ear_metrics`).
     processes : int
-        With 2 or more, the input's view, renders and face check run in a forked process
+        With 2 or more, the input's view and renders are made in a forked process
         (:mod:`bidsdeface.forks`) while this one measures and resamples the output, and
-        the output's face check runs in another while this one draws the figures.
+        the face checks (always in forked processes: see :mod:`bidsdeface.faces`) run
+        while this one renders the output and draws the figures.
 
     Returns
     -------
@@ -368,16 +369,18 @@ def check_scan(
     metrics, brain_sheet = _scan_metrics(before, after, masks, removed, scene, brain, remove_ears)
     removed_view = view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5
     after_view = view_of(mean_volume(after), affine, template, registration, "linear", scene.outside)
-    search = face_search(template, view_grid(template))
-    seen_before = before_call.result() if before_call is not None else _seen(before_3d, scene, search)
-    after_renders, _ = stage_renders(after_view, signal_threshold, seen_before.nearest)
-    after_faces = ForkedCall(stage_face_scores, after_renders, search) if processes > 1 else None
-    views = TemplateViews(seen_before.view, after_view, removed_view, signal_threshold, view_grid(template))
-    renders = {("before", name): render for name, render in seen_before.renders.items()}
+    where = face_silhouettes(template, view_grid(template))
+    seen = before_call.result() if before_call is not None else _seen(before_3d, scene)
+    faces_before = detected_faces(seen.renders, where)
+    if processes < 2:
+        faces_before.result()
+    after_renders, _ = stage_renders(after_view, signal_threshold, seen.nearest)
+    faces_after = detected_faces(after_renders, where)
+    views = TemplateViews(seen.view, after_view, removed_view, signal_threshold, view_grid(template))
+    renders = {("before", name): render for name, render in seen.renders.items()}
     renders |= {("after", name): render for name, render in after_renders.items()}
     figures = scan_figures(views, renders, template, brain_sheet)
-    scores = after_faces.result() if after_faces is not None else stage_face_scores(after_renders, search)
-    metrics.update(face_metrics(seen_before.faces, scores))
+    metrics.update(face_metrics(faces_before.result(), faces_after.result()))
     return ScanQc(metrics=metrics, figures=figures, verdict=judge(metrics, limits))
 
 
@@ -416,25 +419,18 @@ def _scan_metrics(
 
 @dataclass(frozen=True)
 class _Seen:
-    """One stage (before or after defacing) on the view grid: its view, renders, nearest depths, face scores."""
+    """The input on the view grid: its view, its renders (by view name) and each view's nearest depth."""
 
     view: np.ndarray
     renders: dict[str, np.ndarray]
     nearest: dict[str, float]
-    faces: dict[str, float | None] | None
 
 
-def _seen(volume: np.ndarray, scene: _Scene, search: FaceSearch | None = None) -> _Seen:
-    """Resample a 3D scan volume onto the view grid, render it with its own camera, and look for faces.
-
-    ``search`` is made when not given (see :func:`bidsdeface.faces.face_search`).
-    """
+def _seen(volume: np.ndarray, scene: _Scene) -> _Seen:
+    """Resample a 3D scan volume onto the view grid and render it with its own camera."""
     view = view_of(volume, scene.affine, scene.template, scene.registration, "linear", scene.outside)
     renders, nearest = stage_renders(view, scene.signal_threshold)
-    if search is None:
-        search = face_search(scene.template, view_grid(scene.template))
-    faces = stage_face_scores(renders, search)
-    return _Seen(view, renders, nearest, faces)
+    return _Seen(view, renders, nearest)
 
 
 def limits_record(limits: Limits = LIMITS) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from bidsdeface.figures import (
     surface_renders,
     view_grid,
 )
+from bidsdeface.forks import ForkedCall
 from bidsdeface.qc import LIMITS
 from bidsdeface.templates import Template
 
@@ -147,13 +149,23 @@ def test_rendered_figures_never_show_a_face(blurred_run: dict) -> None:
     The "before" renders show the face region in blocks: pixelated intensities alone
     would keep the face's surface, which a detector reads.
     """
+    pictures = sorted([*blurred_run["out"].rglob("*_render.png"), *blurred_run["blurred"].rglob("*_render.png")])
+    assert len(pictures) == len(HEADS) + len(BLUR_HEADS) + len(FACE_ABSENT_HEADS)
+    # dlib runs in a forked child, as in bidsdeface (see bidsdeface.faces): this process forks later
+    found = ForkedCall(_faces_in, pictures).result()
+    assert found == {}, found
+
+
+def _faces_in(pictures: list[Path]) -> dict[str, tuple[int, float]]:
+    """Return, for each picture in which either detector finds a face, the HOG count and the best CNN score."""
     from bidsdeface.faces import face_detectors
 
     detectors = face_detectors()
-    pictures = sorted([*blurred_run["out"].rglob("*_render.png"), *blurred_run["blurred"].rglob("*_render.png")])
-    assert len(pictures) == len(HEADS) + len(BLUR_HEADS) + len(FACE_ABSENT_HEADS)
+    found = {}
     for path in pictures:
         grey = np.asarray(Image.open(path).convert("L"))
         _, hog_scores, _ = detectors.hog.run(grey, 1, LIMITS.face_score)
-        cnn_scores = [d.confidence for d in detectors.cnn(grey, 0)]
-        assert len(hog_scores) == 0 and max(cnn_scores, default=0.0) < LIMITS.face_cnn_score, path.name
+        cnn = max([d.confidence for d in detectors.cnn(grey, 0)], default=0.0)
+        if len(hog_scores) or cnn >= LIMITS.face_cnn_score:
+            found[path.name] = (len(hog_scores), cnn)
+    return found
