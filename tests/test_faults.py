@@ -162,7 +162,7 @@ warnings.warn("first line\\nsecond line", UserWarning)
     [
         ("from bidsdeface.cli import _configure_logging; _configure_logging(0)", 0),
         ("from bidsdeface.cli import _configure_logging; _configure_logging(1)", 3),
-        ("from bidsdeface.pipeline import _start_worker; _start_worker(1)", 0),  # a pool worker keeps no debug log
+        ("from bidsdeface.pipeline import _start_worker; _start_worker()", 0),  # a pool worker keeps no debug log
     ],
 )
 def test_library_warnings_and_notices_are_debug_lines_only(setup: str, debug_lines: int) -> None:
