@@ -102,8 +102,9 @@ def scan_masks(
     The ear region also takes the pinnae found on the scan near it (:func:`ear_tissue`).
 
     Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
-    of whole blocks of their voxels, and every voxel takes its block's value: 4x less
-    work for a 0.5 mm CT. The protective margin then grows by the largest distance from a
+    of whole blocks of their voxels (pinnae found on the head's voxel at each block's
+    corner), and every voxel takes its block's value: 4x less work for a 0.5 mm CT. The
+    protective margin then grows by the largest distance from a
     voxel to its block's centre, so it is never thinner than ``brain_margin_mm``. With
     ``processes`` of 2 or more, the brain and its protected margin are made in a forked
     process (:mod:`bidsdeface.forks`) while this one places the face and ears and finds the head.
@@ -127,9 +128,11 @@ def scan_masks(
     )
     head = head_mask(scan.reference, scan.zooms, head_threshold)
     brain, protect = brain_call.result() if brain_call is not None else _protected_brain(*brain_args)
+    coarse_head = head[tuple(slice(0, None, b) for b in block)]
+    ears |= ear_tissue(coarse_head, ears, protect, coarse_zooms)
     if max(block) > 1:
         face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
-    return ScanMasks(face, ears | ear_tissue(head, ears, protect, scan.zooms), brain, protect, head)
+    return ScanMasks(face, ears, brain, protect, head)
 
 
 def _protected_brain(

@@ -404,11 +404,12 @@ def _choose_start(results: list[_StartResult]) -> _StartResult:
     return challenger if explains_intensities_better and fits_shape_as_well else upright
 
 
-def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartResult:
+def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path, processes: int = 1) -> _StartResult:
     """Refine the header's pose, and the best other pose when its MI is higher, at the fine level; choose.
 
     A scan that then lacks much of the template's face and ears is fitted again without
-    them (see REFIT_FACE_MISSING).
+    them (see REFIT_FACE_MISSING). With ``processes`` of 2 or more the other pose is
+    refined in a forked process, beside the header's.
     """
     upright = poses[0]
     contenders = [upright]
@@ -420,18 +421,11 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartRe
     # A fixed number of MI samples keeps refinement steady (too few make a flat cost
     # function wander) and its cost independent of the field of view.
     sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
-    refined = [
-        fine.fit(
-            f"{r.name}_refined",
-            list(r.transforms),
-            (2, 1),
-            REFINE_ITERATIONS,
-            work_dir,
-            sampling,
-            near_head_only=True,
-            compared_by_mi=len(contenders) > 1,
-        )
-        for r in contenders
+    compared = len(contenders) > 1
+    others = [ForkedCall(_refined, fine, r, work_dir, sampling, compared) for r in contenders[1:] if processes > 1]
+    refined = [_refined(fine, upright, work_dir, sampling, compared)]
+    refined += [call.result() for call in others] or [
+        _refined(fine, r, work_dir, sampling, compared) for r in contenders[1:]
     ]
     chosen = _choose_start(refined)
     if chosen.face_missing <= REFIT_FACE_MISSING:
@@ -449,6 +443,20 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path) -> _StartRe
         compared_by_mi=False,
     )
     return faceless if faceless.face_missing > DEFACED_FACE_MISSING else chosen
+
+
+def _refined(fine: _Level, pose: _StartResult, work_dir: Path, sampling: float, compared: bool) -> _StartResult:
+    """Refine ``pose`` at the fine level (near the head; MI measured when poses are ``compared``)."""
+    return fine.fit(
+        f"{pose.name}_refined",
+        list(pose.transforms),
+        (2, 1),
+        REFINE_ITERATIONS,
+        work_dir,
+        sampling,
+        near_head_only=True,
+        compared_by_mi=compared,
+    )
 
 
 def seed_ants_registration(seed: int) -> None:
@@ -524,7 +532,7 @@ def _placed(
     The search runs in up to ``processes`` processes.
     """
     poses = _search_poses(coarse, work_dir, processes, search_all)
-    chosen = _refine(fine, poses, work_dir)
+    chosen = _refine(fine, poses, work_dir, processes)
     start = chosen.name.split("_")[0]
     log.debug("pose %s chosen from %d starting poses (%s)", start, len(poses), chosen.name)
     return Registration(chosen.transforms, chosen.score, start, len(poses), "brain" if brain_only else "head")
