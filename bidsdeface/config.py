@@ -41,7 +41,7 @@ def itk_single_threaded() -> None:
 
     ITK's Mattes mutual information adds each thread's share into one joint histogram in
     whatever order the threads finish, so a registration on two threads differs from run
-    to run (the bundled example removed 184,555 to 185,963 face voxels over four runs with
+    to run (the bundled example removed 184,555 to 185,553 face voxels over four runs with
     two threads; one thread repeats bit for bit). Cores are used by processes instead:
     ``--nprocs`` scans at once, and the pose search's starting rotations in parallel
     processes (:mod:`bidsdeface.register`). The ``Platform`` threader keeps no pool of
