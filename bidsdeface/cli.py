@@ -394,13 +394,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     UsageError
         The scrub policy file is unreadable or malformed.
     """
-    nprocs, omp_nthreads = fitted_to_cores(args.nprocs, args.omp_nthreads, usable_cores())
+    cores = usable_cores()
+    nprocs, omp_nthreads = fitted_to_cores(args.nprocs, args.omp_nthreads, cores)
     if (nprocs, omp_nthreads) != (args.nprocs, args.omp_nthreads):
         log.info(
             "--nprocs %d x --omp-nthreads %d is more than the %d core(s) available: using %d x %d",
             args.nprocs,
             args.omp_nthreads,
-            usable_cores(),
+            cores,
             nprocs,
             omp_nthreads,
         )

@@ -43,11 +43,10 @@ def itk_single_threaded() -> None:
     whatever order the threads finish, so a registration on two threads differs from run
     to run (the bundled example removed 184,555 to 185,553 face voxels over four runs with
     two threads; one thread repeats bit for bit). Cores are used by processes instead:
-    ``--nprocs`` scans at once, and the pose search's starting rotations in parallel
-    processes (:mod:`bidsdeface.register`). The ``Platform`` threader keeps no pool of
-    threads that a forked process would inherit dead. ITK reads both variables once, when
-    it first runs: the command line calls this before it imports the stages, and each pool
-    worker when it starts.
+    ``--nprocs`` scans at once, and forked processes within a scan (:mod:`bidsdeface.forks`).
+    The ``Platform`` threader keeps no pool of threads that a forked process would inherit
+    dead. ITK reads both variables once, when it first runs: the command line calls this
+    before it imports the stages, and each pool worker when it starts.
     """
     os.environ[ITK_THREADS_ENV] = "1"
     os.environ[ITK_THREADER_ENV] = "Platform"
@@ -104,9 +103,9 @@ class Config:
     min_registration_score : float
         Scans whose registration score is below this fail instead of being written.
     nprocs, omp_nthreads : int
-        Scans processed in parallel, and cores per scan: processes for the registration's
-        pose search, threads for the learned skull stripping (see :func:`itk_single_threaded`;
-        :func:`fitted_to_cores` keeps their product within the cores).
+        Scans processed in parallel, and cores per scan: forked processes for parts of the
+        registration, masks and QC, threads for the learned skull stripping (see
+        :func:`itk_single_threaded`; :func:`fitted_to_cores` keeps their product within the cores).
     work_dir : Path or None
         Scratch folder; a temporary folder when None.
     skip_bids_validation, overwrite : bool

@@ -27,13 +27,14 @@ def can_fork() -> bool:
 class ForkedCall(Generic[Result]):
     """``function(*args)`` running in a forked child; :meth:`result` waits for its value.
 
-    Without :func:`can_fork`, the call runs at once in this process.
+    Without ``fork`` (the caller has no core to spare) or :func:`can_fork`, the call runs
+    at once in this process.
     """
 
-    def __init__(self, function: Callable[..., Result], *args: Any) -> None:
+    def __init__(self, function: Callable[..., Result], *args: Any, fork: bool = True) -> None:
         self._value: Result | None = None
         self._child = None
-        if not can_fork():
+        if not (fork and can_fork()):
             self._value = function(*args)
             return
         context = multiprocessing.get_context("fork")

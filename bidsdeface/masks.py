@@ -122,12 +122,12 @@ def scan_masks(
         coarse_zooms,
         brain_margin_mm + to_block_centre_mm,
     )
-    brain_call = ForkedCall(_protected_brain, *brain_args) if processes > 1 else None
+    brain_call = ForkedCall(_protected_brain, *brain_args, fork=processes > 1)
     face, ears = warp_template_masks(
         coarse_shape, coarse_affine, [template.face, template.ears], template, registration
     )
     head = head_mask(scan.reference, scan.zooms, head_threshold)
-    brain, protect = brain_call.result() if brain_call is not None else _protected_brain(*brain_args)
+    brain, protect = brain_call.result()
     coarse_head = head[tuple(slice(0, None, b) for b in block)]
     ears |= ear_tissue(coarse_head, ears, protect, coarse_zooms)
     if max(block) > 1:

@@ -363,14 +363,14 @@ def check_scan(
     -------
     ScanQc
     """
-    before_3d = mean_volume(before)
-    scene = _Scene(affine, template, registration, signal_threshold, view_background(before_3d, mean_volume(after)))
-    before_call = ForkedCall(_seen, before_3d, scene) if processes > 1 else None
-    metrics, brain_sheet = _scan_metrics(before, after, masks, removed, scene, brain, remove_ears)
+    before_3d, after_3d = mean_volume(before), mean_volume(after)
+    scene = _Scene(affine, template, registration, signal_threshold, view_background(before_3d, after_3d))
+    before_call = ForkedCall(_seen, before_3d, scene, fork=processes > 1)
+    metrics, brain_sheet = _scan_metrics(before, after, after_3d, masks, removed, scene, brain, remove_ears)
     removed_view = view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5
-    after_view = view_of(mean_volume(after), affine, template, registration, "linear", scene.outside)
+    after_view = view_of(after_3d, affine, template, registration, "linear", scene.outside)
     where = face_silhouettes(template, view_grid(template))
-    seen = before_call.result() if before_call is not None else _seen(before_3d, scene)
+    seen = before_call.result()
     faces_before = detected_faces(seen.renders, where)
     if processes < 2:
         faces_before.result()
@@ -398,13 +398,17 @@ class _Scene:
 def _scan_metrics(
     before: np.ndarray,
     after: np.ndarray,
+    after_3d: np.ndarray,
     masks: ScanMasks,
     removed: np.ndarray,
     scene: _Scene,
     brain: np.ndarray | None,
     remove_ears: bool,
 ) -> tuple[dict[str, Any], bytes | None]:
-    """Return the voxel metrics of :func:`check_scan` (ears and brain when asked) and the brain figure, if any."""
+    """Return the voxel metrics of :func:`check_scan` (ears and brain when asked) and the brain figure, if any.
+
+    ``after_3d`` is ``after`` as one volume (:func:`bidsdeface.volumes.mean_volume`), which the figure shows.
+    """
     metrics: dict[str, Any] = {"registration_score": round(scene.registration.score, 4)}
     metrics.update(measure(before, after, masks, removed, scene.signal_threshold))
     zooms = tuple(float(z) for z in np.linalg.norm(scene.affine[:3, :3], axis=0))
@@ -413,8 +417,7 @@ def _scan_metrics(
     if brain is None:
         return metrics, None
     metrics.update(brain_metrics(brain, masks.brain, zooms))
-    shown = mean_volume(after)
-    return metrics, brain_mosaic(shown, brain, masks.protect, scene.affine, scene.template, scene.registration)
+    return metrics, brain_mosaic(after_3d, brain, masks.protect, scene.affine, scene.template, scene.registration)
 
 
 @dataclass(frozen=True)

@@ -216,15 +216,15 @@ class _Level:
     ) -> _Level:
         """Resample scan, template and ``forgiven`` (a template-space mask) to ``resolution`` mm.
 
-        ``moving_mask`` returns the template's :func:`template_head_mask` at this resolution
+        ``moving_mask`` returns the template's :func:`_template_head_mask` at this resolution
         when it is being made elsewhere (it is asked for once the scan's side is done).
         """
         zooms = (resolution,) * 3
-        fixed = ants.resample_image(scan, zooms, use_voxels=False, interp_type=0)
+        fixed = _resampled(scan, resolution)
         fixed_mask = head_mask(fixed.numpy(), zooms, threshold=threshold)
         check_head_plausible(fixed.numpy(), fixed_mask, zooms, path)
-        moving = ants.resample_image(template, zooms, use_voxels=False, interp_type=0)
-        moving_mask = template_head_mask(template, resolution) if moving_mask is None else moving_mask()
+        moving = _resampled(template, resolution)
+        moving_mask = head_mask(moving.numpy(), zooms) if moving_mask is None else moving_mask()
         return cls(
             fixed,
             fixed_mask,
@@ -422,11 +422,8 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path, processes: 
     # function wander) and its cost independent of the field of view.
     sampling = min(1.0, REFINE_SAMPLES / int(fine.near_head().sum()))
     compared = len(contenders) > 1
-    others = [ForkedCall(_refined, fine, r, work_dir, sampling, compared) for r in contenders[1:] if processes > 1]
-    refined = [_refined(fine, upright, work_dir, sampling, compared)]
-    refined += [call.result() for call in others] or [
-        _refined(fine, r, work_dir, sampling, compared) for r in contenders[1:]
-    ]
+    others = [ForkedCall(_refined, fine, r, work_dir, sampling, compared, fork=processes > 1) for r in contenders[1:]]
+    refined = [_refined(fine, upright, work_dir, sampling, compared), *(call.result() for call in others)]
     chosen = _choose_start(refined)
     if chosen.face_missing <= REFIT_FACE_MISSING:
         return chosen
@@ -545,16 +542,16 @@ def _levels(
 
     A head may lack its face and ears (what defacing removes), so those are forgiven in
     its score; a brain-only scan is registered to, and scored on, the template's brain.
-    With ``processes`` of 2 or more, the coarse level and the template's head mask at the
-    working resolution are made in a forked process while this one resamples the scan.
+    The coarse level and the template's head mask at the working resolution are made
+    first, or, with ``processes`` of 2 or more, in a forked process while this one
+    resamples the scan.
     """
     scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
     template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
     forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
-    if processes < 2:
-        fine = _Level.build(scan_image, template_image, WORK_RESOLUTION_MM, threshold, scan.path, forgiven)
-        return fine, _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, scan.path, forgiven)
-    template_side = ForkedCall(_template_side, scan_image, template_image, threshold, scan.path, forgiven)
+    template_side = ForkedCall(
+        _template_side, scan_image, template_image, threshold, scan.path, forgiven, fork=processes > 1
+    )
     fine = _Level.build(
         scan_image,
         template_image,
@@ -576,13 +573,12 @@ def _template_side(
 ) -> tuple[np.ndarray, _Level]:
     """Return the template's head mask at the working resolution, and the coarse level (run in a forked process)."""
     coarse = _Level.build(scan_image, template_image, POSE_SEARCH_RESOLUTION_MM, threshold, path, forgiven)
-    return template_head_mask(template_image, WORK_RESOLUTION_MM), coarse
+    return _template_head_mask(template_image, WORK_RESOLUTION_MM), coarse
 
 
-def template_head_mask(template_image: ants.ANTsImage, resolution: float) -> np.ndarray:
+def _template_head_mask(template_image: ants.ANTsImage, resolution: float) -> np.ndarray:
     """Return the head mask of the template resampled to ``resolution`` mm (as :class:`_Level` makes it)."""
-    zooms = (resolution,) * 3
-    return head_mask(ants.resample_image(template_image, zooms, use_voxels=False, interp_type=0).numpy(), zooms)
+    return head_mask(_resampled(template_image, resolution).numpy(), (resolution,) * 3)
 
 
 def _check_score(registration: Registration, scan: Scan, config: Config) -> None:
@@ -626,8 +622,10 @@ def register_through_anatomical(
     """
     brain = warp_template_mask(anatomical, template.brain, template, anatomical_registration)
     brain = dilate_mm(brain, anatomical.zooms, ANATOMICAL_BRAIN_MARGIN_MM)
-    fixed = _working_copy(to_ants(scan.reference, scan.image.affine))
-    moving = _working_copy(to_ants(np.where(brain, anatomical.reference, 0.0), anatomical.image.affine))
+    fixed = _resampled(to_ants(scan.reference, scan.image.affine), WORK_RESOLUTION_MM)
+    moving = _resampled(
+        to_ants(np.where(brain, anatomical.reference, 0.0), anatomical.image.affine), WORK_RESOLUTION_MM
+    )
     fixed_mask = head_mask(fixed.numpy(), tuple(fixed.spacing), brain_threshold(fixed.numpy()))
     rigid = _rigid_fit(fixed, fixed_mask, moving, moving.numpy() > 0, work_dir)
     transforms = (*anatomical_registration.transforms, *rigid)
@@ -657,9 +655,9 @@ def _rigid_fit(
     return list(result["fwdtransforms"])
 
 
-def _working_copy(image: ants.ANTsImage) -> ants.ANTsImage:
-    """Return ``image`` resampled to the working resolution (linear)."""
-    return ants.resample_image(image, (WORK_RESOLUTION_MM,) * 3, use_voxels=False, interp_type=0)
+def _resampled(image: ants.ANTsImage, resolution: float) -> ants.ANTsImage:
+    """Return ``image`` resampled to ``resolution`` mm voxels (linear)."""
+    return ants.resample_image(image, (resolution,) * 3, use_voxels=False, interp_type=0)
 
 
 def warp_template_mask(
