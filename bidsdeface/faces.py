@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .figures import FACE_VIEWS, ViewGrid, face_silhouette
+from .figures import FACE_VIEWS, ViewGrid, front_silhouettes
 from .forks import ForkedCall
 from .templates import Template, face_model_path
 
@@ -75,7 +75,7 @@ def _centred_in(box: Any, where: np.ndarray, mirrored: bool) -> bool:
 def face_silhouettes(template: Template, grid: ViewGrid) -> dict[str, np.ndarray]:
     """Return, for each of FACE_VIEWS, where in its render a face must be centred to count."""
     face = grid.template_mask(template.face)
-    return {name: face_silhouette(face, "front", yaw, pitch) for name, yaw, pitch in FACE_VIEWS}
+    return front_silhouettes(face, FACE_VIEWS)
 
 
 def face_check(renders: dict[tuple[str, str], np.ndarray], template: Template, grid: ViewGrid) -> dict[str, Any]:

@@ -17,7 +17,7 @@ which draws a scan's :class:`Figures`.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,12 +270,28 @@ def face_silhouette(face: np.ndarray, direction: str, yaw: float = 0.0, pitch: f
     """Return where a face region on the view grid lies in a render of a (turned) view (boolean picture)."""
     if yaw == 0 and pitch == 0:
         return as_picture(face.any(axis={"front": 1, "side": 0}[direction]), direction)
+    return front_silhouettes(face, (("turned", yaw, pitch),))["turned"]
+
+
+def front_silhouettes(face: np.ndarray, views: Sequence[tuple[str, float, float]]) -> dict[str, np.ndarray]:
+    """Return the :func:`face_silhouette` from the front, turned by each view's ``(name, yaw, pitch)``, by name.
+
+    The face region's voxels are found once for all the turned views.
+    """
     centre = (np.array(face.shape) - 1) / 2
-    points = _view_rotation(yaw, pitch).T @ (np.argwhere(face) - centre).T + centre[:, None]
-    columns = np.clip(np.rint(points[[0, 2]]).astype(int), 0, [[face.shape[0] - 1], [face.shape[2] - 1]])
-    projection = np.zeros((face.shape[0], face.shape[2]), bool)
-    projection[columns[0], columns[1]] = True
-    return as_picture(ndimage.binary_closing(projection, iterations=2), "front")
+    offsets = None
+    silhouettes = {}
+    for name, yaw, pitch in views:
+        if yaw == 0 and pitch == 0:
+            silhouettes[name] = face_silhouette(face, "front")
+            continue
+        offsets = (np.argwhere(face) - centre).T if offsets is None else offsets
+        points = _view_rotation(yaw, pitch).T @ offsets + centre[:, None]
+        columns = np.clip(np.rint(points[[0, 2]]).astype(int), 0, [[face.shape[0] - 1], [face.shape[2] - 1]])
+        projection = np.zeros((face.shape[0], face.shape[2]), bool)
+        projection[columns[0], columns[1]] = True
+        silhouettes[name] = as_picture(ndimage.binary_closing(projection, iterations=2), "front")
+    return silhouettes
 
 
 def surface_renders(views: TemplateViews) -> dict[tuple[str, str], np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ScanError
-from .volumes import block_expanded, largest_component
+from .volumes import block_expanded, box_closed, box_opened, largest_component
 
 MIN_HEAD_EXTENT_MM = 60.0
 MAX_HEAD_EXTENT_MM = 450.0
@@ -309,12 +309,11 @@ def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: 
         return block_expanded(coarse, step, volume.shape)
     foreground = volume > (foreground_threshold(volume) if threshold is None else threshold)
     radius = np.maximum(1, np.round(HEAD_CLOSING_MM / np.asarray(zooms)).astype(int))
-    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
-    foreground = ndimage.binary_opening(foreground, structure=np.ones((3, 3, 3), bool))
+    foreground = box_opened(foreground, (1, 1, 1))
     if not foreground.any():
         return foreground
     largest = largest_component(foreground)
-    closed = ndimage.binary_closing(np.pad(largest, radius[:, None]), structure=structure)
+    closed = box_closed(np.pad(largest, radius[:, None]), radius)
     closed = closed[tuple(slice(r, -r) for r in radius)]
     filled = ndimage.binary_fill_holes(closed)
     for axis in range(3):
@@ -323,10 +322,8 @@ def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: 
 
 
 def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Fill holes slice by slice along ``axis`` (heads are open at the neck)."""
-    moved = np.moveaxis(mask, axis, 0)
-    out = np.stack([ndimage.binary_fill_holes(s) for s in moved])
-    return np.moveaxis(out, 0, axis)
+    """Fill holes slice by slice along ``axis`` (heads are open at the neck): background joins only within a slice."""
+    return ndimage.binary_fill_holes(mask, structure=np.expand_dims(ndimage.generate_binary_structure(2, 1), axis))
 
 
 def check_head_plausible(volume: np.ndarray, mask: np.ndarray, zooms: tuple[float, float, float], path: Path) -> None:

@@ -86,7 +86,42 @@ def removal_mask(masks: ScanMasks, remove_ears: bool) -> np.ndarray:
     return target & ~masks.protect
 
 
-MASK_RESOLUTION_MM = 1.0
+# The brain and its protected margin are placed on blocks of voxels no larger than
+# BRAIN_GRID_MM (thin-slice CT: 4x less work for 0.5 mm voxels); the face and ear regions,
+# which are drawn generously, on blocks no larger than REGION_GRID_MM. Placing face and ears
+# on 1 mm instead of 2 mm cost 3.9 s of 4.7 s for a 1 mm head (pinnae found by an opening
+# with a 6 mm ball) and changed the removed voxels by 0.1 % (Dice 0.988).
+BRAIN_GRID_MM = 1.0
+REGION_GRID_MM = 2.0
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """A coarse grid whose voxels are whole blocks of a scan's voxels (see :func:`bidsdeface.volumes.block_grid`)."""
+
+    block: list[int]
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    zooms: tuple[float, ...]
+    to_centre_mm: float
+    fine_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, scan: Scan, largest_mm: float) -> _Blocks:
+        """Return the grid of blocks no larger than ``largest_mm`` over ``scan``'s voxels."""
+        block = block_factors(scan.zooms, largest_mm)
+        shape, affine = block_grid(scan.reference.shape, scan.image.affine, block)
+        zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
+        to_centre = float(np.linalg.norm([(b - 1) / 2 * z for b, z in zip(block, scan.zooms, strict=True)]))
+        return cls(block, shape, affine, zooms, to_centre, scan.reference.shape)
+
+    def sampled(self, mask: np.ndarray) -> np.ndarray:
+        """Return a fine-grid mask at each block's first voxel."""
+        return mask[tuple(slice(0, None, b) for b in self.block)]
+
+    def expanded(self, mask: np.ndarray) -> np.ndarray:
+        """Return a block-grid mask on the fine grid (each voxel takes its block's value)."""
+        return mask if max(self.block) == 1 else block_expanded(mask, self.block, self.fine_shape)
 
 
 def scan_masks(
@@ -101,51 +136,34 @@ def scan_masks(
 
     The ear region also takes the pinnae found on the scan near it (:func:`ear_tissue`).
 
-    Scans with voxels finer than MASK_RESOLUTION_MM (thin-slice CT) are masked on a grid
-    of whole blocks of their voxels (pinnae found on the head's voxel at each block's
-    corner), and every voxel takes its block's value: 4x less work for a 0.5 mm CT. The
-    protective margin then grows by the largest distance from a
-    voxel to its block's centre, so it is never thinner than ``brain_margin_mm``. With
-    ``processes`` of 2 or more, the brain and its protected margin are made in a forked
-    process (:mod:`bidsdeface.forks`) while this one places the face and ears and finds the head.
+    The brain is placed on blocks of voxels no larger than BRAIN_GRID_MM, the face and ears
+    on blocks no larger than REGION_GRID_MM (pinnae found on the head's voxel at each
+    block's corner); every voxel takes its block's value. The protective margin grows by
+    the largest distance from a voxel to its brain block's centre, so it is never thinner
+    than ``brain_margin_mm``. With ``processes`` of 2 or more, the brain and its protected
+    margin are made in a forked process (:mod:`bidsdeface.forks`) while this one places
+    the face and ears and finds the head.
     """
-    shape, affine = scan.reference.shape, scan.image.affine
-    block = block_factors(scan.zooms, MASK_RESOLUTION_MM)
-    coarse_shape, coarse_affine = block_grid(shape, affine, block)
-    to_block_centre_mm = float(np.linalg.norm([(b - 1) / 2 * z for b, z in zip(block, scan.zooms, strict=True)]))
-    coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
-    brain_args = (
-        coarse_shape,
-        coarse_affine,
-        template,
-        registration,
-        coarse_zooms,
-        brain_margin_mm + to_block_centre_mm,
-    )
+    brain_grid, region_grid = _Blocks.of(scan, BRAIN_GRID_MM), _Blocks.of(scan, REGION_GRID_MM)
+    brain_args = (brain_grid, template, registration, brain_margin_mm + brain_grid.to_centre_mm)
     brain_call = ForkedCall(_protected_brain, *brain_args, fork=processes > 1)
     face, ears = warp_template_masks(
-        coarse_shape, coarse_affine, [template.face, template.ears], template, registration
+        region_grid.shape, region_grid.affine, [template.face, template.ears], template, registration
     )
     head = head_mask(scan.reference, scan.zooms, head_threshold)
-    brain, protect = brain_call.result()
-    coarse_head = head[tuple(slice(0, None, b) for b in block)]
-    ears |= ear_tissue(coarse_head, ears, protect, coarse_zooms)
-    if max(block) > 1:
-        face, ears, brain, protect = (block_expanded(mask, block, shape) for mask in (face, ears, brain, protect))
-    return ScanMasks(face, ears, brain, protect, head)
+    brain, protect = (brain_grid.expanded(mask) for mask in brain_call.result())
+    ears |= ear_tissue(region_grid.sampled(head), ears, region_grid.sampled(protect), region_grid.zooms)
+    masks = (region_grid.expanded(face), region_grid.expanded(ears), brain, protect, head)
+    # in the memory order nibabel reads voxels in: operations with them then need no strides (5x faster)
+    return ScanMasks(*(np.asfortranarray(mask) for mask in masks))
 
 
 def _protected_brain(
-    shape: tuple[int, ...],
-    affine: np.ndarray,
-    template: Template,
-    registration: Registration,
-    zooms: tuple[float, ...],
-    margin_mm: float,
+    grid: _Blocks, template: Template, registration: Registration, margin_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the template brain on the grid of ``shape`` and ``affine``, and it grown by ``margin_mm``."""
-    (brain,) = warp_template_masks(shape, affine, [template.brain], template, registration)
-    return brain, dilate_mm(brain, zooms, margin_mm)
+    """Return the template brain on ``grid``, and it grown by ``margin_mm``."""
+    (brain,) = warp_template_masks(grid.shape, grid.affine, [template.brain], template, registration)
+    return brain, dilate_mm(brain, grid.zooms, margin_mm)
 
 
 def with_brain_protected(

@@ -163,23 +163,26 @@ def measure(
     """
     volumes = (before.reshape((*before.shape[:3], -1)), after.reshape((*after.shape[:3], -1)))
     changed = np.any(volumes[0] != volumes[1], axis=3)
-    face_total = int(masks.face.sum())
-    face_removed = int((removed & masks.face).sum())
+
+    def count(mask: np.ndarray) -> int:
+        return int(np.count_nonzero(mask))
+
+    face_total = count(masks.face)
+    face_removed = count(removed & masks.face)
     face_region = masks.face & ~masks.protect
-    face_tissue = face_region & (volumes[0].mean(axis=3) > signal_threshold)
-    region_total = int(face_region.sum())
-    head_total = int(masks.head.sum())
-    head_removed = int((removed & masks.head).sum())
+    face_tissue = face_region & (volumes[0].mean(axis=3, dtype=np.float32) > signal_threshold)
+    tissue_total, region_total, head_total = count(face_tissue), count(face_region), count(masks.head)
+    head_removed = count(removed & masks.head)
     return {
         "face_voxels": face_total,
         "face_voxels_removed": face_removed,
         "face_removed_fraction": round(face_removed / face_total, 4) if face_total else 0.0,
-        "face_tissue_fraction": round(int(face_tissue.sum()) / region_total, 4) if region_total else None,
-        "face_signal_left": round(float(np.mean(~changed[face_tissue])), 4) if face_tissue.any() else None,
-        "ear_voxels_removed": int((removed & masks.ears).sum()),
+        "face_tissue_fraction": round(tissue_total / region_total, 4) if region_total else None,
+        "face_signal_left": round(count(face_tissue & ~changed) / tissue_total, 4) if tissue_total else None,
+        "ear_voxels_removed": count(removed & masks.ears),
         "head_voxels_removed": head_removed,
         "head_removed_fraction": round(head_removed / head_total, 4) if head_total else 0.0,
-        "brain_voxels_touched": int(changed[masks.protect].sum()),
+        "brain_voxels_touched": count(changed & masks.protect),
     }
 
 
@@ -354,7 +357,7 @@ def check_scan(
     remove_ears : bool
         The ears were to be removed: measure the pinna tissue left (:func:`ear_metrics`).
     processes : int
-        With 2 or more, the input's view and renders are made in a forked process
+        With 2 or more, the input's view and renders, and where faces count, are made in forked processes
         (:mod:`bidsdeface.forks`) while this one measures and resamples the output, and
         the face checks (always in forked processes: see :mod:`bidsdeface.faces`) run
         while this one renders the output and draws the figures.
@@ -365,12 +368,12 @@ def check_scan(
     """
     before_3d, after_3d = mean_volume(before), mean_volume(after)
     scene = _Scene(affine, template, registration, signal_threshold, view_background(before_3d, after_3d))
+    where_call = ForkedCall(face_silhouettes, template, view_grid(template), fork=processes > 1)
     before_call = ForkedCall(_seen, before_3d, scene, fork=processes > 1)
     metrics, brain_sheet = _scan_metrics(before, after, after_3d, masks, removed, scene, brain, remove_ears)
     removed_view = view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5
     after_view = view_of(after_3d, affine, template, registration, "linear", scene.outside)
-    where = face_silhouettes(template, view_grid(template))
-    seen = before_call.result()
+    seen, where = before_call.result(), where_call.result()
     faces_before = detected_faces(seen.renders, where)
     if processes < 2:
         faces_before.result()

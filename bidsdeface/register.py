@@ -4,8 +4,9 @@ Recipe: the header's pose is fitted first at 4 mm: a similarity transform on smo
 masks (modality-free, wide capture range, centres of mass aligned), then a short affine on
 intensities with mutual information (MI). When it is :func:`clearly_right` it is kept;
 otherwise the same fit is tried from nine other starting rotations. The header's pose, and
-the best other pose when one was searched, are refined at 2 mm; another pose replaces the
-header's only when its MI is then clearly higher (heads are blobs, so shape overlap alone
+the best other pose when one was searched, are refined near the head (the 2 mm working grid
+shrunk by 2) and compared at 2 mm; another pose replaces the header's only when its MI is
+then clearly higher (heads are blobs, so shape overlap alone
 cannot tell a head from the same head turned round). A scan that lacks much of the
 template's face is fitted once more with the face and ears left out of the metric, so that
 the missing tissue does not pull the template off the rest of the head (input defaced
@@ -73,9 +74,13 @@ EARLY_ACCEPT_MI = 0.143
 EARLY_ACCEPT_SCORE = 0.85
 POSE_SEARCH_RESOLUTION_MM = 4.0
 POSE_SEARCH_SAMPLING_RATE = 0.1
+# Refinement runs on the working grid shrunk by 2 (4 mm): a further 2 mm level cost 1-11 s per
+# head on one thread and moved the registration score by 0.004 at most (7 MRI heads) and the
+# warped face region by a Dice of 0.975-1.000 (0.989-1.000 without the clinical T2w).
 REFINE_SAMPLES = 250_000
 NEAR_HEAD_MM = 10.0
-REFINE_ITERATIONS = (60, 30)
+REFINE_SHRINK = (2,)
+REFINE_ITERATIONS = (60,)
 SHAPE_ITERATIONS = (40,)
 SHAPE_SHRINK = (2,)
 POSE_MI_ITERATIONS = (25,)
@@ -431,7 +436,7 @@ def _refine(fine: _Level, poses: list[_StartResult], work_dir: Path, processes: 
     faceless = fine.fit(
         f"{start}_faceless",
         list(chosen.transforms),
-        (2, 1),
+        REFINE_SHRINK,
         REFINE_ITERATIONS,
         work_dir,
         sampling,
@@ -447,7 +452,7 @@ def _refined(fine: _Level, pose: _StartResult, work_dir: Path, sampling: float, 
     return fine.fit(
         f"{pose.name}_refined",
         list(pose.transforms),
-        (2, 1),
+        REFINE_SHRINK,
         REFINE_ITERATIONS,
         work_dir,
         sampling,
@@ -546,7 +551,7 @@ def _levels(
     first, or, with ``processes`` of 2 or more, in a forked process while this one
     resamples the scan.
     """
-    scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM / 2))
+    scan_image = to_ants(*block_mean(scan.reference, scan.image.affine, WORK_RESOLUTION_MM))
     template_image = to_ants(template.head * template.brain if brain_only else template.head, template.affine)
     forgiven = None if brain_only else to_ants((template.face | template.ears).astype(np.float32), template.affine)
     template_side = ForkedCall(

@@ -37,7 +37,7 @@ from . import __version__
 from .config import Config
 from .errors import BidsDefaceError
 from .images import HU_AIR, HU_SOFT_TISSUE, CtIntensities, Scan, level_density
-from .masks import MASK_RESOLUTION_MM
+from .masks import BRAIN_GRID_MM
 from .register import Registration, warp_template_masks
 from .templates import Template
 from .volumes import (
@@ -334,8 +334,8 @@ def ct_brain(scan: Scan, ct: CtIntensities, template: Template, registration: Re
     the full grid.
     """
     hu = hounsfield(scan.reference, ct)
-    coarse, coarse_affine = block_mean(hu, scan.image.affine, MASK_RESOLUTION_MM)
-    block = block_factors(scan.zooms, MASK_RESOLUTION_MM)
+    coarse, coarse_affine = block_mean(hu, scan.image.affine, BRAIN_GRID_MM)
+    block = block_factors(scan.zooms, BRAIN_GRID_MM)
     coarse_zooms = tuple(b * z for b, z in zip(block, scan.zooms, strict=True))
     placed = warp_template_masks(coarse.shape, coarse_affine, [template.brain], template, registration)[0]
     mask = ct_brain_window(coarse, coarse_zooms, placed)

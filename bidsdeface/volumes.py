@@ -7,7 +7,7 @@ start without loading it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import nibabel as nib
@@ -52,6 +52,28 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def box_closed(mask: np.ndarray, radius: Sequence[int]) -> np.ndarray:
+    """Return the binary closing of ``mask`` by a box of ``2 * radius + 1`` voxels (border counts as background).
+
+    The same as ``ndimage.binary_closing`` with that box, done as one-dimensional passes:
+    a box is the sum of three lines, so it costs ``sum`` instead of ``product`` of its sides.
+    """
+    return _box_pass(_box_pass(mask, radius, ndimage.binary_dilation), radius, ndimage.binary_erosion)
+
+
+def box_opened(mask: np.ndarray, radius: Sequence[int]) -> np.ndarray:
+    """Return the binary opening of ``mask`` by a box of ``2 * radius + 1`` voxels (see :func:`box_closed`)."""
+    return _box_pass(_box_pass(mask, radius, ndimage.binary_erosion), radius, ndimage.binary_dilation)
+
+
+def _box_pass(mask: np.ndarray, radius: Sequence[int], operation: Callable[..., np.ndarray]) -> np.ndarray:
+    for axis, r in enumerate(radius):
+        line = [1] * mask.ndim
+        line[axis] = 2 * r + 1
+        mask = operation(mask, structure=np.ones(line, bool))
+    return mask
 
 
 def dilate_mm(mask: np.ndarray, zooms: tuple[float, float, float], margin_mm: float) -> np.ndarray:

@@ -8,9 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bidsdeface.errors import ScanError
-from bidsdeface.images import ct_intensities, head_mask, load_scan
+from bidsdeface.images import _fill_slices, ct_intensities, head_mask, load_scan
 
 from .conftest import CT_WINDOWS, SHARED, needs_shared, windowed_ct, write_header_variant
 
@@ -195,3 +196,12 @@ def test_nifti2_head_loads_as_its_nifti1_original(tmp_path: Path) -> None:
     assert isinstance(scan.image, nib.Nifti2Image)
     assert np.array_equal(scan.reference, original.reference)
     assert np.allclose(scan.image.affine, original.image.affine) and scan.zooms == original.zooms
+
+
+def test_slices_are_filled_as_each_slice_on_its_own() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        mask = ndimage.binary_closing(rng.random(tuple(rng.integers(3, 25, 3))) > 0.5)
+        for axis in range(3):
+            one_by_one = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
+            assert np.array_equal(_fill_slices(mask, axis), np.moveaxis(one_by_one, 0, axis))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 
-from bidsdeface.masks import ScanMasks, ear_tissue, removal_mask, thin_tissue, with_brain_protected
+from bidsdeface.images import Scan
+from bidsdeface.masks import ScanMasks, ear_tissue, removal_mask, scan_masks, thin_tissue, with_brain_protected
+from bidsdeface.register import Registration, warp_template_mask
+from bidsdeface.templates import load_template
+from bidsdeface.volumes import dice, dilate_mm
 
 
 def test_removal_is_face_and_ears_minus_protected_brain() -> None:
@@ -49,3 +56,28 @@ def test_ear_tissue_takes_a_pinna_next_to_the_ear_region_and_cut_by_the_field_of
     cut = ear_tissue(head[:54], ears[:54], protect[:54], (1.0, 1.0, 1.0))  # the field of view ends in the fin
     assert cut[fin[:54]].all()
     assert not ear_tissue(head, ears, np.ones(head.shape, bool), (1.0, 1.0, 1.0)).any()  # never the protected brain
+
+
+def _identity_registration(folder: Path) -> Registration:
+    import ants
+
+    path = folder / "identity.mat"
+    ants.write_transform(ants.create_ants_transform(transform_type="AffineTransform", dimension=3), str(path))
+    return Registration((str(path),), 1.0, "upright", 1)
+
+
+def test_brain_is_placed_voxel_by_voxel_and_face_and_ears_on_2mm_blocks(tmp_path: Path) -> None:
+    """A 1 mm grid over the template: the protected brain is exactly the voxel-by-voxel one, never removed."""
+    template = load_template()
+    affine = template.affine @ np.diag([0.5, 0.5, 0.5, 1.0])
+    shape = tuple(2 * n for n in template.head.shape)
+    reference = np.zeros(shape, np.float32)
+    scan = Scan(tmp_path / "grid.nii.gz", nib.Nifti1Image(reference, affine), reference)
+    registration = _identity_registration(tmp_path)
+    masks = scan_masks(scan, template, registration, 6.0, 0.5, processes=2)
+    brain = warp_template_mask(scan, template.brain, template, registration)
+    assert np.array_equal(masks.brain, brain)
+    assert np.array_equal(masks.protect, dilate_mm(brain, scan.zooms, 6.0))
+    face = warp_template_mask(scan, template.face, template, registration)
+    assert dice(masks.face, face) > 0.97
+    assert not np.any(removal_mask(masks, remove_ears=True) & masks.protect)

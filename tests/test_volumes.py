@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from bidsdeface.volumes import (
     bounding_box,
+    box_closed,
+    box_opened,
     dice,
     dilate_mm,
     largest_component,
@@ -64,3 +67,13 @@ def test_stored_and_real_values_round_trip_through_scaling() -> None:
     assert rebuilt.get_data_dtype() == np.int16 and rebuilt.header.get_slope_inter() == (2.0, -10.0)
     reloaded = nib.Nifti1Image.from_bytes(rebuilt.to_bytes())
     assert np.array_equal(stored_data(reloaded), stored)
+
+
+def test_box_closing_and_opening_equal_scipys_with_the_whole_box() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        shape, radius = tuple(rng.integers(3, 20, 3)), tuple(int(r) for r in rng.integers(0, 4, 3))
+        mask = rng.random(shape) > rng.uniform(0.2, 0.8)
+        box = np.ones(tuple(2 * r + 1 for r in radius), bool)
+        assert np.array_equal(box_closed(mask, radius), ndimage.binary_closing(mask, box))
+        assert np.array_equal(box_opened(mask, radius), ndimage.binary_opening(mask, box))
