@@ -405,7 +405,9 @@ def _register(loaded: LoadedScan, config: Config, work_dir: Path, brain_only: bo
         log.debug("rigid fit to the same-session T1w scored %.2f; registering to the template instead", through.score)
     if brain_only:
         return register_template(scan, template, config, work_dir, brain_threshold(scan.reference), brain_only=True)
-    return register_template(scan, template, config, work_dir, None if ct is None else ct.head_threshold)
+    return register_template(
+        scan, template, config, work_dir, None if ct is None else ct.head_threshold, mri=ct is None
+    )
 
 
 def _registration_path(registration: Registration, job: ScanJob, identity: SubjectIdentity) -> str:

@@ -423,3 +423,16 @@ def test_a_head_turned_90_degrees_is_still_placed(whole: Placed, template: Templ
     assert turned.registration.start in ("yaw+90", "yaw-90")
     assert dice(turned.face, whole.face) >= FACE_AGREEMENT
     assert whole.registration.starts_tried == 1, "the whole head's own header pose was accepted at once"
+
+
+@needs_shared
+def test_a_clear_mri_pose_is_refined_at_4mm_alone_and_lands_where_the_full_refinement_does(
+    whole: Placed, template: Template, tmp_path: Path
+) -> None:
+    """The quick refinement of an MRI head against the two-level one (what CT and PET always get)."""
+    full = register_template(whole.scan, template, CONFIG, tmp_path, mri=False)
+    assert full.starts_tried == whole.registration.starts_tried == 1
+    parameters = [ants.read_transform(how.transforms[-1]).parameters for how in (full, whole.registration)]
+    assert not np.allclose(*parameters), "the two refinements are different fits"
+    assert abs(full.score - whole.registration.score) < 0.01
+    assert dice(warp_template_mask(whole.scan, template.face, template, full), whole.face) > 0.97
