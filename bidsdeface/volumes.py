@@ -322,7 +322,8 @@ def warp_volume(
     Returns
     -------
     numpy.ndarray
-        float32 values on the target grid.
+        float32 values on the target grid (ANTs computes in single precision: half the
+        copying of double, which it otherwise converts both images to).
     """
     import ants
 
@@ -334,5 +335,6 @@ def warp_volume(
         interpolator=interpolator,
         whichtoinvert=[True] * len(order) if inverse else None,
         defaultvalue=outside,
+        singleprecision=True,
     )
     return warped.numpy()
