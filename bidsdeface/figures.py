@@ -333,7 +333,10 @@ def pixelated(volume: np.ndarray, block: list[int]) -> np.ndarray:
     >>> pixelated(np.arange(4.0)[:, None, None] * np.ones((4, 1, 1)), [2, 1, 1]).ravel().tolist()
     [0.0, 0.0, 1.5, 1.5]
     """
-    coarse = ndimage.uniform_filter(volume, size=block, mode="nearest")[tuple(slice(0, None, b) for b in block)]
+    coarse = volume
+    for axis, size in enumerate(block):  # the filter is separable: keep only every block's first value per pass
+        filtered = ndimage.uniform_filter1d(coarse, size, axis=axis, mode="nearest")
+        coarse = filtered[(slice(None),) * axis + (slice(0, None, size),)]
     return block_expanded(coarse, block, volume.shape)
 
 
@@ -342,7 +345,7 @@ def obscured(volume: np.ndarray, region: np.ndarray) -> np.ndarray:
     block = [max(1, round(OBSCURE_BLOCK_MM / VIEW_MM))] * 3
     shown = volume.copy()
     if region.any():
-        shown[region] = pixelated(volume, block)[region]
+        np.copyto(shown, pixelated(volume, block), where=region)
     return shown
 
 
