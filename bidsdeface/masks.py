@@ -90,7 +90,7 @@ def removal_mask(masks: ScanMasks, remove_ears: bool) -> np.ndarray:
 # BRAIN_GRID_MM (thin-slice CT: 4x less work for 0.5 mm voxels); the face and ear regions,
 # which are drawn generously, on blocks no larger than REGION_GRID_MM. Placing face and ears
 # on 1 mm instead of 2 mm cost 3.9 s of 4.7 s for a 1 mm head (pinnae found by an opening
-# with a 6 mm ball) and changed the removed voxels by 0.1 % (Dice 0.988).
+# with a 6 mm ball); on 2 mm, face and ears remove 99.0 % as many voxels (Dice 0.984-0.986).
 BRAIN_GRID_MM = 1.0
 REGION_GRID_MM = 2.0
 
