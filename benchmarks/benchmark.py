@@ -131,6 +131,7 @@ class Result:
     status: str = ""
     exit_code: int | None = None
     score: float | None = None
+    starts: int | None = None
     face_removed: int | None = None
     face_percent: float | None = None
     brain_touched: int | None = None
@@ -183,6 +184,9 @@ class ScanSummary:
     score, face_removed, face_percent, brain_touched, qc
         Registration score, face voxels removed (and % of the warped face mask),
         brain voxels touched and QC verdict, from the record's ``Metrics`` and ``Status``.
+    starts : int or None
+        Starting poses the registration tried (``Method.registration_starts``): 1 when the
+        header's pose was accepted at once, 10 when the pose search ran.
     stages : dict
         Stage name -> seconds, from the record's ``Seconds``.
     metrics : dict
@@ -193,6 +197,7 @@ class ScanSummary:
 
     done: bool = False
     score: float | None = None
+    starts: int | None = None
     face_removed: int | None = None
     face_percent: float | None = None
     brain_touched: int | None = None
@@ -222,6 +227,7 @@ def summarize_record(record: dict) -> ScanSummary:
     return ScanSummary(
         done=True,
         score=metrics["registration_score"],
+        starts=record.get("Method", {}).get("registration_starts"),
         face_removed=metrics["face_voxels_removed"],
         face_percent=100 * metrics["face_removed_fraction"],
         brain_touched=metrics["brain_voxels_touched"],
@@ -493,6 +499,7 @@ def benchmark_head(
     if summary.done:
         result.status = "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
         result.score = summary.score
+        result.starts = summary.starts
         result.face_removed = summary.face_removed
         result.face_percent = summary.face_percent
         result.brain_touched = summary.brain_touched
@@ -530,6 +537,7 @@ COLUMNS: tuple[str, ...] = (
     "voxel (mm)",
     "status",
     "registration score",
+    "poses tried",
     "face voxels removed",
     "brain voxels touched",
     "QC",
@@ -574,6 +582,7 @@ def table_rows(results: Sequence[Result], peer: bool = False) -> list[list[str]]
                 r.voxel_mm,
                 r.status,
                 _fmt(r.score, ".3f"),
+                _fmt(r.starts, "d"),
                 face,
                 _fmt(r.brain_touched, "d"),
                 r.qc or "-",
