@@ -154,7 +154,7 @@ def scan_masks(
     brain, protect = (brain_grid.expanded(mask) for mask in brain_call.result())
     ears |= ear_tissue(region_grid.sampled(head), ears, region_grid.sampled(protect), region_grid.zooms)
     masks = (region_grid.expanded(face), region_grid.expanded(ears), brain, protect, head)
-    # in the memory order nibabel reads voxels in: operations with them then need no strides (5x faster)
+    # in the memory order nibabel reads voxels in: operations with them then need no strides (15x faster)
     return ScanMasks(*(np.asfortranarray(mask) for mask in masks))
 
 
