@@ -270,7 +270,7 @@ def face_silhouette(face: np.ndarray, direction: str, yaw: float = 0.0, pitch: f
     """Return where a face region on the view grid lies in a render of a (turned) view (boolean picture)."""
     if yaw == 0 and pitch == 0:
         return as_picture(face.any(axis={"front": 1, "side": 0}[direction]), direction)
-    return front_silhouettes(face, (("turned", yaw, pitch),))["turned"]
+    return _turned_silhouette(face, _face_offsets(face), yaw, pitch)
 
 
 def front_silhouettes(face: np.ndarray, views: Sequence[tuple[str, float, float]]) -> dict[str, np.ndarray]:
@@ -278,20 +278,26 @@ def front_silhouettes(face: np.ndarray, views: Sequence[tuple[str, float, float]
 
     The face region's voxels are found once for all the turned views.
     """
+    offsets = _face_offsets(face) if any(yaw or pitch for _, yaw, pitch in views) else None
+    return {
+        name: _turned_silhouette(face, offsets, yaw, pitch) if yaw or pitch else face_silhouette(face, "front")
+        for name, yaw, pitch in views
+    }
+
+
+def _face_offsets(face: np.ndarray) -> np.ndarray:
+    """Return the face region's voxels as offsets from the view grid's centre (3 x N)."""
+    return (np.argwhere(face) - (np.array(face.shape) - 1) / 2).T
+
+
+def _turned_silhouette(face: np.ndarray, offsets: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
+    """Project the face region's voxels (``offsets``: :func:`_face_offsets`) turned by yaw and pitch, from the front."""
     centre = (np.array(face.shape) - 1) / 2
-    offsets = None
-    silhouettes = {}
-    for name, yaw, pitch in views:
-        if yaw == 0 and pitch == 0:
-            silhouettes[name] = face_silhouette(face, "front")
-            continue
-        offsets = (np.argwhere(face) - centre).T if offsets is None else offsets
-        points = _view_rotation(yaw, pitch).T @ offsets + centre[:, None]
-        columns = np.clip(np.rint(points[[0, 2]]).astype(int), 0, [[face.shape[0] - 1], [face.shape[2] - 1]])
-        projection = np.zeros((face.shape[0], face.shape[2]), bool)
-        projection[columns[0], columns[1]] = True
-        silhouettes[name] = as_picture(ndimage.binary_closing(projection, iterations=2), "front")
-    return silhouettes
+    points = _view_rotation(yaw, pitch).T @ offsets + centre[:, None]
+    columns = np.clip(np.rint(points[[0, 2]]).astype(int), 0, [[face.shape[0] - 1], [face.shape[2] - 1]])
+    projection = np.zeros((face.shape[0], face.shape[2]), bool)
+    projection[columns[0], columns[1]] = True
+    return as_picture(ndimage.binary_closing(projection, iterations=2), "front")
 
 
 def surface_renders(views: TemplateViews) -> dict[tuple[str, str], np.ndarray]:

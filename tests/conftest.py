@@ -541,3 +541,12 @@ def broken_cases(heads_run: dict, rerun_registrations: dict, tmp_path_factory: p
             after, removed = real_values(stored_data(result.image), scan.image), result.removed
         cases[name] = check_scan(before, after, right, removed, scan.image.affine, template, registration, threshold)
     return cases
+
+
+def transform_file(path: Path, translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[str, ...]:
+    """Write a translation (scan to template points, ANTs' LPS) and return it as a transform list."""
+    import ants
+
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=translation_mm)
+    ants.write_transform(transform, str(path))
+    return (str(path),)

@@ -13,6 +13,8 @@ from bidsdeface.register import Registration, warp_template_mask
 from bidsdeface.templates import load_template
 from bidsdeface.volumes import dice, dilate_mm
 
+from .conftest import transform_file
+
 
 def test_removal_is_face_and_ears_minus_protected_brain() -> None:
     shape = (10, 10, 10)
@@ -58,14 +60,6 @@ def test_ear_tissue_takes_a_pinna_next_to_the_ear_region_and_cut_by_the_field_of
     assert not ear_tissue(head, ears, np.ones(head.shape, bool), (1.0, 1.0, 1.0)).any()  # never the protected brain
 
 
-def _identity_registration(folder: Path) -> Registration:
-    import ants
-
-    path = folder / "identity.mat"
-    ants.write_transform(ants.create_ants_transform(transform_type="AffineTransform", dimension=3), str(path))
-    return Registration((str(path),), 1.0, "upright", 1)
-
-
 def test_brain_is_placed_voxel_by_voxel_and_face_and_ears_on_2mm_blocks(tmp_path: Path) -> None:
     """A 1 mm grid over the template: the protected brain is exactly the voxel-by-voxel one, never removed."""
     template = load_template()
@@ -73,7 +67,7 @@ def test_brain_is_placed_voxel_by_voxel_and_face_and_ears_on_2mm_blocks(tmp_path
     shape = tuple(2 * n for n in template.head.shape)
     reference = np.zeros(shape, np.float32)
     scan = Scan(tmp_path / "grid.nii.gz", nib.Nifti1Image(reference, affine), reference)
-    registration = _identity_registration(tmp_path)
+    registration = Registration(transform_file(tmp_path / "identity.mat"), 1.0, "upright", 1)
     masks = scan_masks(scan, template, registration, 6.0, 0.5, processes=2)
     brain = warp_template_mask(scan, template.brain, template, registration)
     assert np.array_equal(masks.brain, brain)

@@ -45,7 +45,7 @@ from bidsdeface.register import (
 from bidsdeface.templates import Template, load_template
 from bidsdeface.volumes import dice, real_values, stored_data, to_ants
 
-from .conftest import NIFTI_HEADS, needs_shared, shared_file, turned_in_header
+from .conftest import NIFTI_HEADS, needs_shared, shared_file, transform_file, turned_in_header
 
 CONFIG = Config(bids_dir=Path("."), output_dir=Path("."))
 # The IXI copies' face regions lie at a Dice of 0.86-0.96 from the whole head's over repeated
@@ -127,13 +127,6 @@ def synthetic_level(
         forgiven,
     )
     return level, template
-
-
-def transform_file(path: Path, translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[str, ...]:
-    """Write a translation (scan to template points, ANTs' LPS) and return it as a transform list."""
-    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=translation_mm)
-    ants.write_transform(transform, str(path))
-    return (str(path),)
 
 
 def start(name: str, score: float, mutual_information: float) -> _StartResult:
