@@ -29,7 +29,11 @@ from .register import Registration
 from .templates import Template
 from .volumes import block_expanded, block_mean, bounding_box, warp_volume
 
-VIEW_MM = 1.0
+# QC views and renders are drawn on a grid of this pixel size. 1.5 mm instead of 1 mm: the
+# face detectors, most of the QC's time, run on 2.25x fewer pixels (QC of a 1 mm head 5.0-5.3 s
+# -> 2.1-2.2 s on an idle machine), and still find every full face of the shared heads while
+# scoring no defaced or blurred one (see qc.Limits.face_score).
+VIEW_MM = 1.5
 VIEW_MARGIN_MM = 8.0
 TEMPLATE_HEAD_FRACTION = 0.05
 SURFACE_SMOOTHING_MM = 0.7
@@ -77,7 +81,7 @@ class Figures:
 
 @dataclass(frozen=True)
 class ViewGrid:
-    """A 1 mm grid over the template's head (plus a margin), in the template's RAS orientation.
+    """A VIEW_MM grid over the template's head (plus a margin), in the template's RAS orientation.
 
     Attributes
     ----------
@@ -110,7 +114,7 @@ class ViewGrid:
 
 
 def view_grid(template: Template) -> ViewGrid:
-    """Return the grid on which QC views are drawn: the template head's box plus a margin, at 1 mm."""
+    """Return the grid on which QC views are drawn: the template head's box plus a margin, at VIEW_MM."""
     voxel = np.linalg.norm(template.affine[:3, :3], axis=0)
     head = template.head > TEMPLATE_HEAD_FRACTION * float(template.head.max())
     box = bounding_box(head, np.ceil(VIEW_MARGIN_MM / voxel).astype(int))

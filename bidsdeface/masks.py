@@ -93,6 +93,9 @@ def removal_mask(masks: ScanMasks, remove_ears: bool) -> np.ndarray:
 # with a 6 mm ball); on 2 mm, face and ears remove 99.0 % as many voxels (Dice 0.984-0.986).
 BRAIN_GRID_MM = 1.0
 REGION_GRID_MM = 2.0
+# The brain is warped voxel by voxel only inside the box where it lands on the region grid,
+# grown by this margin (the two placements' boxes differ by a block at most).
+BRAIN_BOX_PAD_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def scan_masks(
     the face and ears and finds the head.
     """
     brain_grid, region_grid = _Blocks.of(scan, BRAIN_GRID_MM), _Blocks.of(scan, REGION_GRID_MM)
-    brain_args = (brain_grid, template, registration, brain_margin_mm + brain_grid.to_centre_mm)
+    brain_args = (brain_grid, region_grid, template, registration, brain_margin_mm + brain_grid.to_centre_mm)
     brain_call = ForkedCall(_protected_brain, *brain_args, fork=processes > 1)
     face, ears = warp_template_masks(
         region_grid.shape, region_grid.affine, [template.face, template.ears], template, registration
@@ -159,11 +162,33 @@ def scan_masks(
 
 
 def _protected_brain(
-    grid: _Blocks, template: Template, registration: Registration, margin_mm: float
+    grid: _Blocks, rough: _Blocks, template: Template, registration: Registration, margin_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the template brain on ``grid``, and it grown by ``margin_mm``."""
-    (brain,) = warp_template_masks(grid.shape, grid.affine, [template.brain], template, registration)
+    """Return the template brain on ``grid``, and it grown by ``margin_mm``.
+
+    The brain is warped onto ``grid`` only inside the box where it lands on the ``rough``
+    grid, grown by BRAIN_BOX_PAD_MM: outside it the warped brain is empty, so the mask is
+    the whole grid's, for a quarter of the work on a 1 mm head.
+    """
+    (placed,) = warp_template_masks(rough.shape, rough.affine, [template.brain], template, registration)
+    box = _box_on(grid, rough, bounding_box(placed, voxels_for_mm(BRAIN_BOX_PAD_MM, rough.zooms)))
+    offset = np.eye(4)
+    offset[:3, 3] = [side.start for side in box]
+    shape = tuple(side.stop - side.start for side in box)
+    brain = np.zeros(grid.shape, bool, order="F")
+    (brain[box],) = warp_template_masks(shape, grid.affine @ offset, [template.brain], template, registration)
     return brain, dilate_mm(brain, grid.zooms, margin_mm)
+
+
+def _box_on(grid: _Blocks, other: _Blocks, box: tuple[slice, ...]) -> tuple[slice, ...]:
+    """Return the voxels of ``grid`` that cover ``box`` of the ``other`` grid (both over the same scan)."""
+    corners = np.array([[side.start - 0.5, side.stop - 0.5] for side in box])
+    points = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1)
+    world = other.affine[:3, :3] @ points + other.affine[:3, 3:]
+    on_grid = np.linalg.solve(grid.affine[:3, :3], world - grid.affine[:3, 3:])
+    low = np.clip(np.floor(on_grid.min(axis=1)).astype(int), 0, grid.shape)
+    high = np.clip(np.ceil(on_grid.max(axis=1)).astype(int) + 1, 0, grid.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def with_brain_protected(

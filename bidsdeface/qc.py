@@ -56,12 +56,15 @@ class Limits:
         Fraction of the head removed above which a person should look.
     face_score : float
         HOG face detector score at or above which a face counts as found (dlib's own default
-        is 0). Best over the five views, full faces of the shared heads score 0.91-1.60 and
-        defaced or blurred ones at most -0.26; a featureless smooth head with a brow line can
-        score 0.6-1.2 (what ``blur`` must never leave).
+        is 0). Best over the five views, on renders of VIEW_MM (1.5 mm) pixels, the full faces
+        of the shared heads score 0.56-1.39 and zeroed or blurred ones at most 0.13 (none of
+        the CT heads' faces is found before). On 1 mm renders the full faces scored 0.91-1.60,
+        the defaced and blurred ones at most -0.26, and a featureless smooth head with a brow
+        line 0.6-1.2 (what ``blur`` must never leave).
     face_cnn_score : float
         The same for the CNN detector, which reports candidates above 0 only: full faces score
-        0.89-1.02, no candidate was above 0.22 on any defaced render.
+        0.92-0.96 on 1.5 mm renders (0.89-1.02 on 1 mm ones); no zeroed or blurred render has
+        had a candidate above 0.22.
     ear_tissue_left_warn, ear_tissue_left_fail : float
         Fraction of the ear region's pinna tissue left unchanged when ears were to be removed.
     brain_ml_low, brain_ml_high : float

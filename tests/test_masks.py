@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from bidsdeface.images import Scan
 from bidsdeface.masks import ScanMasks, ear_tissue, removal_mask, scan_masks, thin_tissue, with_brain_protected
@@ -60,16 +61,24 @@ def test_ear_tissue_takes_a_pinna_next_to_the_ear_region_and_cut_by_the_field_of
     assert not ear_tissue(head, ears, np.ones(head.shape, bool), (1.0, 1.0, 1.0)).any()  # never the protected brain
 
 
-def test_brain_is_placed_voxel_by_voxel_and_face_and_ears_on_2mm_blocks(tmp_path: Path) -> None:
-    """A 1 mm grid over the template: the protected brain is exactly the voxel-by-voxel one, never removed."""
+@pytest.mark.parametrize("translation_mm", [(0.0, 0.0, 0.0), (23.5, -17.25, 31.0)])
+def test_brain_is_placed_voxel_by_voxel_and_face_and_ears_on_2mm_blocks(
+    tmp_path: Path, translation_mm: tuple[float, float, float]
+) -> None:
+    """A 1 mm grid over the template: the protected brain is exactly the voxel-by-voxel one, never removed.
+
+    The brain is warped only inside the box where a coarse placement found it; moved by the
+    registration, or cut by the grid's edge, it is still the whole grid's warp.
+    """
     template = load_template()
     affine = template.affine @ np.diag([0.5, 0.5, 0.5, 1.0])
     shape = tuple(2 * n for n in template.head.shape)
     reference = np.zeros(shape, np.float32)
     scan = Scan(tmp_path / "grid.nii.gz", nib.Nifti1Image(reference, affine), reference)
-    registration = Registration(transform_file(tmp_path / "identity.mat"), 1.0, "upright", 1)
+    registration = Registration(transform_file(tmp_path / "moved.mat", translation_mm), 1.0, "upright", 1)
     masks = scan_masks(scan, template, registration, 6.0, 0.5, processes=2)
     brain = warp_template_mask(scan, template.brain, template, registration)
+    assert brain.any()
     assert np.array_equal(masks.brain, brain)
     assert np.array_equal(masks.protect, dilate_mm(brain, scan.zooms, 6.0))
     face = warp_template_mask(scan, template.face, template, registration)

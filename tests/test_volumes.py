@@ -29,6 +29,19 @@ def test_dilate_mm_anisotropic() -> None:
     assert grown[10, 10, 11] and not grown[10, 10, 12]
 
 
+def test_dilate_mm_keeps_what_a_euclidean_distance_transform_keeps() -> None:
+    """The separable dilation against scipy's exact distance transform, on scattered voxels and the grids in use."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((60, 60, 40), bool)
+    mask[rng.integers(5, 55, 30), rng.integers(5, 55, 30), rng.integers(3, 37, 30)] = True
+    mask[20:30, 25:40, 10:20] = True
+    grids = [(1.0, 1.0, 1.0), (0.88, 0.88, 0.88), (0.9999973, 1.0000001, 0.99999), (1.0156, 1.0156, 4.8), (2.0,) * 3]
+    for zooms in grids:
+        for margin_mm in (2.0, 6.0, 6.87, 10.0, 15.0):
+            expected = ndimage.distance_transform_edt(~mask, sampling=zooms) <= margin_mm
+            assert np.array_equal(dilate_mm(mask, zooms, margin_mm), expected), (zooms, margin_mm)
+
+
 def test_bounding_box_padded_clipped_and_whole_when_empty() -> None:
     mask = np.zeros((10, 10, 10), bool)
     mask[0, 4:6, 9] = True
