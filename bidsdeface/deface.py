@@ -84,6 +84,7 @@ def deface_image(
     masks: ScanMasks,
     config: Config,
     background: float = 0.0,
+    stored: np.ndarray | None = None,
 ) -> DefaceResult:
     """Replace facial voxels of every volume and return the new image.
 
@@ -98,13 +99,16 @@ def deface_image(
     background : float
         Value (real units) of the air around the head: what ``zero`` writes, and the
         floor of ``blur``'s values (0 for MRI and PET, the scan's air for CT).
+    stored : numpy.ndarray, optional
+        ``image``'s voxel values as stored, when already read (:meth:`bidsdeface.images.Scan.stored_values`);
+        read from ``image`` otherwise.
 
     Returns
     -------
     DefaceResult
     """
     header = image.header
-    stored = stored_data(image).copy()
+    stored = (stored_data(image) if stored is None else stored).copy()
     removed = removal_mask(masks, config.remove_ears)
     volumes = stored.reshape((*stored.shape[:3], -1))
     zooms = tuple(float(z) for z in header.get_zooms()[:3])

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 from scipy import ndimage
 
 from .errors import ScanError
-from .volumes import block_expanded, box_closed, box_opened, largest_component
+from .volumes import block_expanded, box_closed, box_opened, largest_component, stored_data
 
 MIN_HEAD_EXTENT_MM = 60.0
 MAX_HEAD_EXTENT_MM = 450.0
@@ -22,6 +23,7 @@ HEAD_CLOSING_MM = 6.0
 HEAD_MASK_RESOLUTION_MM = 2.0
 MIN_HEAD_VARIATION = 0.10
 MIN_NEIGHBOUR_CORRELATION = 0.5
+NEIGHBOUR_PAIRS = 2_000_000
 
 # Header bounds, checked before any voxel is read or any grid is allocated, so that no
 # header can make memory or time grow without bound. Every real head scan is well inside.
@@ -79,12 +81,20 @@ class Scan:
         weighted by frame durations when they are known).
     summary : str
         How ``reference`` was made from the volumes.
+    stored : numpy.ndarray, optional
+        The voxel values as stored in the file (before scaling), read with ``reference``;
+        see :meth:`stored_values`.
     """
 
     path: Path
     image: nib.Nifti1Image
     reference: np.ndarray
     summary: str = "3D"
+    stored: np.ndarray | None = None
+
+    def stored_values(self) -> np.ndarray:
+        """Return the voxel values as stored: those read at load, so the file is decompressed once."""
+        return stored_data(self.image) if self.stored is None else self.stored
 
     @property
     def zooms(self) -> tuple[float, float, float]:
@@ -125,9 +135,11 @@ def load_scan(path: Path, frame_durations: object = None) -> Scan:
         raise ScanError(f"{path}: not a NIfTI-1/2 image")
     check_header(image, path)
     try:
-        data = np.asanyarray(image.dataobj)
+        stored = stored_data(image)
     except READ_ERRORS as exc:
         raise ScanError(f"{path}: cannot read image (corrupt or truncated file: {_first_line(exc)})") from exc
+    proxy = image.dataobj  # scaled as nibabel scales what it reads
+    data = apply_read_scaling(stored, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
     shape = image.shape
     volumes = data.reshape((*shape[:3], -1)).astype(np.float32, copy=False)
     if not np.all(np.isfinite(volumes)):
@@ -140,7 +152,8 @@ def load_scan(path: Path, frame_durations: object = None) -> Scan:
         raise ScanError(
             f"{path}: neighbouring voxels are unrelated (correlation {smoothness:.2f}); noise, not a head image"
         )
-    return Scan(Path(path), image, np.ascontiguousarray(reference, dtype=np.float32), summary)
+    # in the file's (Fortran) memory order, like the masks: no 0.8 s reordering of a 512x512x196 CT
+    return Scan(Path(path), image, np.asarray(reference, dtype=np.float32, order="K"), summary, stored)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -240,12 +253,14 @@ def neighbour_correlation(volume: np.ndarray) -> float:
     1.0
     """
     values = []
+    # every third line is plenty (sparser in big volumes: about NEIGHBOUR_PAIRS per axis)
+    step = max(3, math.ceil(math.sqrt(volume.size / NEIGHBOUR_PAIRS)))
     for axis in range(3):
-        sparse = [slice(None, None, 3)] * 3  # every third line is plenty, and fast
+        sparse = [slice(None, None, step)] * 3
         sparse[axis] = slice(None, -1)
-        first = volume[tuple(sparse)].ravel()
+        first = volume[tuple(sparse)].ravel(order="K")  # memory order: the same pairs, half the time
         sparse[axis] = slice(1, None)
-        second = volume[tuple(sparse)].ravel()
+        second = volume[tuple(sparse)].ravel(order="K")
         if first.std() > 0 and second.std() > 0:
             values.append(float(np.corrcoef(first, second)[0, 1]))
     return float(np.mean(values)) if values else 0.0
@@ -484,9 +499,10 @@ def ct_intensities(volume: np.ndarray, source: Path | str = "CT") -> CtIntensiti
     >>> ct_intensities(np.round(np.clip(volume, 0, 80) * 255 / 80))
     CtIntensities(storage='windowed', air=0.0, soft_tissue=128.0)
     """
+    volume = volume.ravel(order="K")  # the statistics ignore voxel order: no copy of a Fortran-ordered volume
     minimum = float(volume.min())
     values = volume[volume > minimum]
-    values = values if values.size else volume.ravel()
+    values = values if values.size else volume
     ceiling = _clamped_maximum(volume, values)
     low, top = (float(v) for v in np.percentile(values, [0.0, 99.9]))
     air = float(np.round(_histogram_peak(_above(values, -np.inf, ceiling), CT_HISTOGRAM_BINS), 3))

@@ -313,10 +313,10 @@ def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) 
                 brain = extract_brain(scan, template, registration, config, Path(scratch), ct)
                 masks = with_brain_protected(masks, brain.mask, scan.zooms, config.brain_margin_mm)
         with timer.stage("deface"):
-            result = deface_image(scan.image, masks, config, loaded.background)
+            result = deface_image(scan.image, masks, config, loaded.background, scan.stored_values())
         with timer.stage("qc"):
             quality = check_scan(
-                real_values(stored_data(scan.image), scan.image),
+                real_values(scan.stored_values(), scan.image),
                 real_values(stored_data(result.image), scan.image),
                 masks,
                 result.removed,

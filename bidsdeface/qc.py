@@ -35,7 +35,7 @@ from .masks import ScanMasks, thin_tissue
 from .register import Registration
 from .skullstrip import brain_metrics
 from .templates import Template
-from .volumes import mean_volume
+from .volumes import changed_voxels, mean_volume
 
 STATUS_ORDER = ("FAIL", "WARN", "PASS")
 
@@ -164,8 +164,7 @@ def measure(
         ``ear_voxels_removed``, ``head_voxels_removed``, ``head_removed_fraction``,
         ``brain_voxels_touched`` (protected voxels whose value changed, any volume).
     """
-    volumes = (before.reshape((*before.shape[:3], -1)), after.reshape((*after.shape[:3], -1)))
-    changed = np.any(volumes[0] != volumes[1], axis=3)
+    changed = changed_voxels(before, after)
 
     def count(mask: np.ndarray) -> int:
         return int(np.count_nonzero(mask))
@@ -173,7 +172,7 @@ def measure(
     face_total = count(masks.face)
     face_removed = count(removed & masks.face)
     face_region = masks.face & ~masks.protect
-    face_tissue = face_region & (volumes[0].mean(axis=3, dtype=np.float32) > signal_threshold)
+    face_tissue = face_region & (mean_volume(before) > signal_threshold)
     tissue_total, region_total, head_total = count(face_tissue), count(face_region), count(masks.head)
     head_removed = count(removed & masks.head)
     return {
@@ -200,10 +199,9 @@ def ear_metrics(
         ``ear_tissue_ml`` (the input's pinna tissue in view) and ``ear_tissue_left``
         (the fraction of it unchanged in the output; None when no pinna is in view).
     """
-    volumes = (before.reshape((*before.shape[:3], -1)), after.reshape((*after.shape[:3], -1)))
     pinnae = thin_tissue(masks.head, masks.ears & ~masks.protect, zooms)
-    tissue = pinnae & (volumes[0].mean(axis=3) > signal_threshold)
-    unchanged = ~np.any(volumes[0] != volumes[1], axis=3)[tissue]
+    tissue = pinnae & (mean_volume(before) > signal_threshold)
+    unchanged = ~changed_voxels(before, after)[tissue]
     return {
         "ear_tissue_ml": round(float(tissue.sum()) * float(np.prod(zooms)) / 1000.0, 1),
         "ear_tissue_left": round(float(unchanged.mean()), 4) if tissue.any() else None,

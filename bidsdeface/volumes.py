@@ -333,6 +333,17 @@ def mean_volume(data: np.ndarray) -> np.ndarray:
     return data.reshape((*data.shape[:3], -1)).mean(axis=3, dtype=np.float32) if data.ndim > 3 else data
 
 
+def changed_voxels(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Return where any volume of ``after`` differs from ``before`` (both 3D, or both 4D): 3D boolean.
+
+    >>> changed_voxels(np.zeros((1, 1, 2, 2)), np.array([[[[0.0, 1.0], [0.0, 0.0]]]])).tolist()
+    [[[True, False]]]
+    """
+    if before.ndim == 3:
+        return before != after
+    return np.any(before.reshape((*before.shape[:3], -1)) != after.reshape((*after.shape[:3], -1)), axis=3)
+
+
 def warp_volume(
     volume: np.ndarray,
     affine: np.ndarray,

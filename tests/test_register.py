@@ -11,6 +11,7 @@ with the note that its face was already absent. A non-head must still be refused
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from bidsdeface.config import Config
 from bidsdeface.deface import deface_image
 from bidsdeface.errors import RegistrationError
-from bidsdeface.images import Scan, foreground_threshold, load_scan
+from bidsdeface.images import Scan, ct_intensities, foreground_threshold, load_scan
 from bidsdeface.masks import scan_masks
 from bidsdeface.qc import LIMITS, check_scan, measure
 from bidsdeface.register import (
@@ -429,3 +430,21 @@ def test_a_clear_mri_pose_is_refined_at_4mm_alone_and_lands_where_the_full_refin
     assert not np.allclose(*parameters), "the two refinements are different fits"
     assert abs(full.score - whole.registration.score) < 0.01
     assert dice(warp_template_mask(whole.scan, template.face, template, full), whole.face) > 0.97
+
+
+def test_a_whole_ct_head_is_not_refitted_without_its_face(
+    converted_dataset: Path, template: Template, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tilted CT lacks a little over REFIT_FACE_MISSING of the template's face after refinement.
+
+    Its 4 mm trial without the face lacks less than DEFACED_FACE_MISSING, so the refit on the
+    full pyramid (8-9 s, never kept for a whole head) does not run, and the refined pose stays.
+    """
+    scan = load_scan(converted_dataset / "sub-ct" / "anat" / "sub-ct_ct.nii.gz")
+    threshold = ct_intensities(scan.reference).head_threshold
+    with caplog.at_level(logging.DEBUG, logger="bidsdeface.register"):
+        registration = register_template(scan, template, CONFIG, tmp_path, threshold, mri=False)
+    fits = [record.getMessage() for record in caplog.records if record.getMessage().startswith("pose ")]
+    assert any("_faceless_4mm:" in fit for fit in fits)
+    assert not any("_faceless:" in fit for fit in fits)
+    assert registration.score > 0.9
