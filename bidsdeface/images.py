@@ -285,8 +285,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def foreground_threshold(volume: np.ndarray) -> float:
     """Return the head/air threshold of an MRI volume: 30% of the way from background to Otsu's threshold."""
-    low, high = np.percentile(volume, [0.5, 99.5])
-    return float(low + 0.3 * (otsu_threshold(np.clip(volume, low, high)) - low))
+    values, low = _robust_range(volume)
+    return float(low + 0.3 * (otsu_threshold(values) - low))
 
 
 def brain_threshold(volume: np.ndarray) -> float:
@@ -294,8 +294,18 @@ def brain_threshold(volume: np.ndarray) -> float:
 
     Higher than :func:`foreground_threshold`: it leaves out faint scalp uptake and blur.
     """
-    low, high = np.percentile(volume, [0.5, 99.5])
-    return otsu_threshold(np.clip(volume, low, high))
+    return otsu_threshold(_robust_range(volume)[0])
+
+
+def _robust_range(volume: np.ndarray) -> tuple[np.ndarray, float]:
+    """Return the values of ``volume`` clipped to their 0.5th-99.5th percentiles, and the lower bound.
+
+    The values are taken in memory order (a view of a volume in nibabel's order, no reordering
+    copy): these statistics do not depend on the order (a 1 mm head 0.5-0.9 -> 0.3 s).
+    """
+    values = volume.ravel(order="K")
+    low, high = np.percentile(values, [0.5, 99.5])
+    return np.clip(values, low, high), float(low)
 
 
 def head_mask(volume: np.ndarray, zooms: tuple[float, float, float], threshold: float | None = None) -> np.ndarray:

@@ -358,8 +358,9 @@ def check_scan(
     remove_ears : bool
         The ears were to be removed: measure the pinna tissue left (:func:`ear_metrics`).
     processes : int
-        With 2 or more, the input's view and renders, and where faces count, are made in forked processes
-        (:mod:`bidsdeface.forks`) while this one measures and resamples the output, and
+        With 2 or more, the input's view and renders, the removed voxels' view, and where faces
+        count, are made in forked processes (:mod:`bidsdeface.forks`) while this one measures and
+        resamples the output, and
         the face checks (always in forked processes: see :mod:`bidsdeface.faces`) run
         while this one renders the output and draws the figures.
 
@@ -371,9 +372,10 @@ def check_scan(
     scene = _Scene(affine, template, registration, signal_threshold, view_background(before_3d, after_3d))
     where_call = ForkedCall(face_silhouettes, template, view_grid(template), fork=processes > 1)
     before_call = ForkedCall(_seen, before_3d, scene, fork=processes > 1)
+    removed_call = ForkedCall(view_of, removed, affine, template, registration, "nearestNeighbor", fork=processes > 1)
     metrics, brain_sheet = _scan_metrics(before, after, after_3d, masks, removed, scene, brain, remove_ears)
-    removed_view = view_of(removed.astype(np.float32), affine, template, registration, "nearestNeighbor") > 0.5
     after_view = view_of(after_3d, affine, template, registration, "linear", scene.outside)
+    removed_view = removed_call.result() > 0.5
     seen, where = before_call.result(), where_call.result()
     faces_before = detected_faces(seen.renders, where)
     if processes < 2:
