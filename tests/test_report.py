@@ -18,8 +18,16 @@ import pytest
 from PIL import Image
 
 from bidsdeface.cli import main
+from bidsdeface.figures import VIEW_MM, png_bytes
 from bidsdeface.files import write_json_atomic
-from bidsdeface.report import GROUP_REPORT, QC_TABLE, read_qc_records, write_group_files, write_subject_report
+from bidsdeface.report import (
+    GROUP_REPORT,
+    QC_TABLE,
+    shown_width,
+    read_qc_records,
+    write_group_files,
+    write_subject_report,
+)
 
 from .conftest import HEADS, NIFTI_HEADS, SHARED, head_paths, make_dataset, needs_shared, tree_digest
 
@@ -274,3 +282,13 @@ def test_withheld_records_are_listed_without_an_image(tmp_path: Path) -> None:
     page = parse(write_subject_report(tmp_path, "b"))
     assert page.images == [figure] and "Image withheld:" in " ".join(page.text)
     assert broken_links(tmp_path) == [] and not (tmp_path / scan).exists()
+
+
+def test_figures_are_shown_at_one_css_pixel_per_millimetre(tmp_path: Path) -> None:
+    """A figure of VIEW_MM pixels is given the width it would have with 1 mm pixels; a broken file gets none."""
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(png_bytes(Image.new("RGB", (200, 10))))
+    assert shown_width(figure) == f' width="{round(200 * VIEW_MM)}"'
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert shown_width(tmp_path / "broken.png") == ""
+    assert shown_width(tmp_path / "missing.png") == ""
