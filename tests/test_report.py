@@ -23,8 +23,8 @@ from bidsdeface.files import write_json_atomic
 from bidsdeface.report import (
     GROUP_REPORT,
     QC_TABLE,
-    shown_width,
     read_qc_records,
+    shown_width,
     write_group_files,
     write_subject_report,
 )
