@@ -239,7 +239,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="LABEL",
-        help="subjects to process, with or without 'sub-' (default: all)",
+        help="subjects to process, with or without 'sub-' (default: all); other subjects' folders are not read",
     )
     parser.add_argument(
         "--session-label",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,14 @@ def find_scans(config: Config) -> list[ScanJob]:
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
-    layout = BIDSLayout(
-        str(config.bids_dir), validate=False, derivatives=False, indexer=BIDSLayoutIndexer(index_metadata=False)
-    )
+    indexer = BIDSLayoutIndexer(index_metadata=False, ignore=_unselected_folders(config.participant_labels))
+    layout = BIDSLayout(str(config.bids_dir), validate=False, derivatives=False, indexer=indexer)
     subjects = layout.get_subjects()
-    if not subjects:
-        raise NoFilesError(f"{config.bids_dir}: no sub-* folders found")
     missing = sorted(set(config.participant_labels) - set(subjects))
     if missing:
         raise NoFilesError(f"participant label(s) not in the dataset: {', '.join(missing)}")
+    if not subjects:
+        raise NoFilesError(f"{config.bids_dir}: no sub-* folders found")
     query: dict[str, Any] = {
         "subject": list(config.participant_labels) or subjects,
         "suffix": list(config.suffixes),
@@ -117,6 +117,20 @@ def find_scans(config: Config) -> list[ScanJob]:
             f"suffixes: {' '.join(config.suffixes)})"
         )
     return jobs
+
+
+def _unselected_folders(participant_labels: tuple[str, ...]) -> list[re.Pattern[str]] | None:
+    """Folders pybids need not index: its defaults, and other subjects' when labels are given.
+
+    A SLURM array task names one subject; indexing all the others would cost every task the
+    whole dataset's walk.
+    """
+    if not participant_labels:
+        return None
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    selected = "|".join(re.escape(label) for label in participant_labels)
+    return [*DEFAULT_LOCATIONS_TO_IGNORE, re.compile(rf"^/sub-(?!(?:{selected})(?:/|$))")]
 
 
 def _same_session_t1w(layout: Any, subject: str, session: str) -> Path | None:

@@ -214,6 +214,20 @@ def test_filters_by_participant_session_and_suffix(synthetic: Path, options: dic
     assert relpaths(synthetic, **options) == selected
 
 
+def test_participant_labels_that_prefix_others(tmp_path: Path) -> None:
+    bids = bids_dataset(
+        tmp_path / "bids",
+        ["sub-1/anat/sub-1_T1w.nii.gz", "sub-10/anat/sub-10_T1w.nii.gz", "sub-1a/anat/sub-1a_T1w.nii.gz"],
+    )
+    assert relpaths(bids, participant_labels=("1",)) == ["sub-1/anat/sub-1_T1w.nii.gz"]
+    assert relpaths(bids, participant_labels=("10", "1a")) == [
+        "sub-10/anat/sub-10_T1w.nii.gz",
+        "sub-1a/anat/sub-1a_T1w.nii.gz",
+    ]
+    with pytest.raises(NoFilesError, match="not in the dataset: 100"):
+        find_scans(config(bids, participant_labels=("10", "100")))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
