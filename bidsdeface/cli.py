@@ -22,7 +22,9 @@ from .config import (
     CONTAINER_IMAGE_ENV,
     DATE_SHIFT_KEY_ENV,
     DEFAULT_SUFFIXES,
+    LAYOUTS,
     METHODS,
+    RELEASE_DERIVATIVE,
     SKULL_STRIP_METHODS,
     SUPPORTED_SUFFIXES,
     Config,
@@ -225,7 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
     """Add the BIDS-App positionals and the filters that choose scans."""
     parser.add_argument("bids_dir", type=Path, help="input BIDS dataset (read only)")
-    parser.add_argument("output_dir", type=Path, help="output derivative dataset (created; outside bids_dir)")
+    parser.add_argument(
+        "output_dir",
+        type=Path,
+        help="output dataset (created; outside bids_dir): a derivative, or with --layout release a raw dataset",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=LAYOUTS[0],
+        help="derivative: OUTPUT_DIR holds the defaced scans (desc-defaced), masks and QC. release: OUTPUT_DIR "
+        "becomes a raw dataset to publish: defaced scans under their raw names, the subjects' other images "
+        "(func, dwi, fmap, perf...) with NIfTI header text cleared, every sidecar scrubbed with the BIDS schema's "
+        "fields for its datatype, events screened, README and CHANGES regenerated; masks, QC and "
+        "release_manifest.tsv go to OUTPUT_DIR/derivatives/bidsdeface. Head images not defaced and files "
+        "that are not BIDS are left out (counted by reason)",
+    )
     parser.add_argument(
         "analysis_level",
         type=_analysis_level,
@@ -405,9 +422,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
             nprocs,
             omp_nthreads,
         )
+    output_dir, release_dir = args.output_dir.absolute(), None
+    if args.layout == "release":
+        output_dir, release_dir = output_dir / RELEASE_DERIVATIVE, output_dir
     return Config(
         bids_dir=args.bids_dir.absolute(),
-        output_dir=args.output_dir.absolute(),
+        output_dir=output_dir,
+        release_dir=release_dir,
         analysis_level=args.analysis_level,
         participant_labels=tuple(dict.fromkeys(clean_label(label, "sub") for label in args.participant_label)),
         session_labels=tuple(dict.fromkeys(clean_label(label, "ses") for label in args.session_label)),

@@ -29,6 +29,9 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (*MRI_SUFFIXES, "ct", "pet")
 DEFAULT_SUFFIXES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw", "PD", "T2starw", "ct", "pet")
 METHODS: tuple[str, ...] = ("zero", "blur")
 SKULL_STRIP_METHODS: tuple[str, ...] = ("template", "deepbet")
+LAYOUTS: tuple[str, ...] = ("derivative", "release")
+# Where a release keeps its masks, QC and manifest (a derivative dataset inside it).
+RELEASE_DERIVATIVE = Path("derivatives") / "bidsdeface"
 # Environment variables the command line reads (the SLURM script passes the key on through the first).
 DATE_SHIFT_KEY_ENV = "BIDSDEFACE_DATE_SHIFT_KEY"
 CONTAINER_IMAGE_ENV = "BIDSDEFACE_CONTAINER_IMAGE"
@@ -131,6 +134,9 @@ class Config:
     container_image : str or None
         The docker image this run is in (from ``$BIDSDEFACE_CONTAINER_IMAGE``, set by
         the image), recorded in ``GeneratedBy``.
+    release_dir : Path or None
+        ``--layout release``: the raw dataset to publish, whose ``derivatives/bidsdeface``
+        is then ``output_dir``. None in the derivative layout.
     """
 
     bids_dir: Path
@@ -159,6 +165,7 @@ class Config:
     private_dir: Path | None = None
     keep_failed: bool = False
     container_image: str | None = None
+    release_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

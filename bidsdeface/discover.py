@@ -119,6 +119,16 @@ def find_scans(config: Config) -> list[ScanJob]:
     return jobs
 
 
+def subject_labels(config: Config) -> list[str]:
+    """Return the labels of the subjects a run covers: those named, else every ``sub-*`` folder.
+
+    A release carries these subjects' files even when none of their scans is defaced.
+    """
+    if config.participant_labels:
+        return sorted(config.participant_labels)
+    return sorted(path.name[4:] for path in config.bids_dir.glob("sub-*") if path.is_dir())
+
+
 def _unselected_folders(participant_labels: tuple[str, ...]) -> list[re.Pattern[str]] | None:
     """Folders pybids need not index: its defaults, and other subjects' when labels are given.
 
@@ -158,9 +168,7 @@ def read_metadata(image: Path) -> dict[str, Any]:
     ScanError
         A sidecar that applies to ``image`` is not valid JSON.
     """
-    name = image.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
-    entities = stem.split("_")
+    entities = image.name.split(".", 1)[0].split("_")  # BIDS names have no dot before the extension
     merged: dict[str, Any] = {}
     root = image
     levels = []

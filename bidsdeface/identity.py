@@ -97,10 +97,11 @@ class SubjectIdentity:
 
 
 def private_folder(config: Config | ConvertConfig) -> Path:
-    """Return the private folder: ``--private-dir``, or ``<OUTPUT_DIR>-private`` beside the output."""
+    """Return the private folder: ``--private-dir``, or ``<OUTPUT_DIR>-private`` beside the output (or release)."""
     if config.private_dir is not None:
         return config.private_dir
-    return config.output_dir.parent / f"{config.output_dir.name}-private"
+    output = getattr(config, "release_dir", None) or config.output_dir
+    return output.parent / f"{output.name}-private"
 
 
 def needs_private_folder(config: Config | ConvertConfig) -> bool:

@@ -90,7 +90,8 @@ def carry_table(
     """
     if not source.is_file():
         return None
-    shown = target.relative_to(config.output_dir).as_posix()  # logs name output files only
+    root = config.release_dir if config.release_dir is not None and target.is_relative_to(config.release_dir) else None
+    shown = target.relative_to(root or config.output_dir).as_posix()  # logs name output files only
     table = _read_table(source, shown)
     if table is None:
         return None
@@ -107,11 +108,15 @@ def carry_table(
     return report
 
 
-def write_subject_tables(config: Config, identity: SubjectIdentity) -> dict[str, ScrubReport]:
-    """Write the subject's sessions and scans tables; return their scrub reports by output path."""
+def write_subject_tables(config: Config, identity: SubjectIdentity, release: bool = False) -> dict[str, ScrubReport]:
+    """Write the subject's sessions and scans tables; return their scrub reports by output path.
+
+    With ``release``, into the release root, where the scans keep their raw names.
+    """
     reports: dict[str, ScrubReport] = {}
     subject_in, subject_out = f"sub-{identity.label}", f"sub-{identity.output_label}"
-    in_dir, out_dir = config.bids_dir / subject_in, config.output_dir / subject_out
+    root = config.release_dir if release and config.release_dir is not None else config.output_dir
+    in_dir, out_dir = config.bids_dir / subject_in, root / subject_out
 
     def session_row(value: str) -> str | None:
         session = value.removeprefix("ses-")
@@ -126,42 +131,39 @@ def write_subject_tables(config: Config, identity: SubjectIdentity) -> dict[str,
         reports[f"{subject_out}/{sessions_name}"] = report
     for scans_in in sorted(in_dir.glob(f"**/{subject_in}*_scans.tsv")):
         folder_rel = scans_in.parent.relative_to(config.bids_dir).as_posix()
-        folder_out = config.output_dir / identity.output_relpath(folder_rel)
+        folder_out = root / identity.output_relpath(folder_rel)
 
         def scan_row(filename: str, folder_rel: str = folder_rel, folder_out: Path = folder_out) -> str | None:
-            renamed = identity.output_relpath(f"{folder_rel}/{filename}")
+            renamed = Path(identity.output_relpath(f"{folder_rel}/{filename}"))
             try:
                 # named as the pipeline writes it: every defaced image is .nii.gz
-                defaced = (Path(renamed).parent / defaced_name(Path(renamed).name, ".nii.gz")).as_posix()
+                names = (renamed.name, renamed.name + ".gz") if release else (defaced_name(renamed.name, ".nii.gz"),)
             except ValueError:
                 return None
-            relative = Path(defaced).relative_to(Path(identity.output_relpath(folder_rel))).as_posix()
-            return relative if (folder_out / relative).is_file() else None
+            folder = renamed.parent.relative_to(Path(identity.output_relpath(folder_rel)))
+            found = [(folder / name).as_posix() for name in names if (folder_out / folder / name).is_file()]
+            return found[0] if found else None
 
-        target = config.output_dir / identity.output_relpath(scans_in.relative_to(config.bids_dir).as_posix())
+        target = root / identity.output_relpath(scans_in.relative_to(config.bids_dir).as_posix())
         report = carry_table(config, "scans", scans_in, target, identity, scan_row)
         if report is not None:
-            reports[target.relative_to(config.output_dir).as_posix()] = report
+            reports[target.relative_to(root).as_posix()] = report
     return reports
 
 
-def write_participants(config: Config) -> ScrubReport | None:
-    """Rebuild ``participants.tsv`` for the subjects present in the output."""
+def write_participants(config: Config, release: bool = False) -> ScrubReport | None:
+    """Rebuild ``participants.tsv`` for the subjects present in the output (with ``release``, the release root)."""
+    root = config.release_dir if release and config.release_dir is not None else config.output_dir
 
     def participant_row(value: str) -> str | None:
         identity = known_identity(config, value.removeprefix("sub-"))
         if identity is None:
             return None
         renamed = f"sub-{identity.output_label}"
-        return renamed if (config.output_dir / renamed).is_dir() else None
+        return renamed if (root / renamed).is_dir() else None
 
     return carry_table(
-        config,
-        "participants",
-        config.bids_dir / "participants.tsv",
-        config.output_dir / "participants.tsv",
-        None,
-        participant_row,
+        config, "participants", config.bids_dir / "participants.tsv", root / "participants.tsv", None, participant_row
     )
 
 

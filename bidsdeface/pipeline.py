@@ -21,7 +21,7 @@ from .derivatives import (
     deidentification,
     write_dataset_files,
 )
-from .discover import ScanJob, find_scans, read_dataset_description, read_metadata
+from .discover import ScanJob, find_scans, read_dataset_description, read_metadata, subject_labels
 from .errors import (
     EXIT_DATA,
     EXIT_OK,
@@ -32,7 +32,7 @@ from .errors import (
     UsageError,
     library_messages_to_debug,
 )
-from .files import output_lock, remove_stale_temporaries, staged_files
+from .files import output_lock, read_json_object, remove_stale_temporaries, staged_files
 from .identity import (
     SubjectIdentity,
     needs_private_folder,
@@ -55,6 +55,7 @@ from .outputs import (
 )
 from .qc import ScanQc, check_scan
 from .register import Registration, register_template, register_through_anatomical
+from .release import publish_dataset, publish_subject
 from .report import QcSummary, refresh_subject_report, write_group_files, write_subject_report
 from .scrub import (
     ScrubReport,
@@ -435,7 +436,7 @@ def check_folders(config: Config) -> None:
         OUTPUT_DIR is BIDS_DIR or inside it; the scratch folder (``-w``) is in or at
         BIDS_DIR or OUTPUT_DIR (it holds undefaced images); the private folder is in either.
     """
-    bids_dir, output_dir = config.bids_dir.resolve(), config.output_dir.resolve()
+    bids_dir, output_dir = config.bids_dir.resolve(), (config.release_dir or config.output_dir).resolve()
     if _within(output_dir, bids_dir):
         raise UsageError(f"{config.output_dir}: the output folder must be outside the input dataset {bids_dir}")
     shared = ((bids_dir, "input dataset"), (output_dir, "output folder"))
@@ -574,6 +575,9 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
                 log.info("sub-%s: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
         outcomes = _process_scans(jobs, config, identities, on_outcome)
         _write_subject_files(config, identities, outcomes)
+        if config.release_dir is not None:
+            for subject, identity in identities.items():
+                publish_subject(config, identity, [job for job in jobs if job.subject == subject])
     failed = sum(outcome.status in ("failed", "withheld") for _, outcome in outcomes)
     withheld = sum(outcome.status == "withheld" for _, outcome in outcomes)
     _write_dataset_summaries(config)
@@ -634,6 +638,8 @@ def _write_dataset_summaries(config: Config) -> None:
         write_dataset_scrub_record(config, {"dataset_description.json": description, "participants.tsv": participants})
         _refresh_subject_reports(config.output_dir)
         summary = write_group_files(config.output_dir)
+        if config.release_dir is not None:
+            publish_dataset(config, read_json_object(config.output_dir / "dataset_description.json", OutputError))
     if participants is not None:
         _log_scrub("participants.tsv", participants, "column")
     _log_qc_summary(summary)
@@ -664,8 +670,12 @@ def _resolve_identities(config: Config, jobs: list[ScanJob]) -> dict[str, Subjec
     if needs_private_folder(config):
         log.info("private mapping (date offsets, pseudonyms; never share it): %s", prepare_private_folder(config))
     identities = {}
-    for subject in sorted({job.subject for job in jobs}):
-        sessions = sorted({job.session for job in jobs if job.subject == subject})
+    subjects = {job.subject for job in jobs} | set(subject_labels(config) if config.release_dir is not None else ())
+    for subject in sorted(subjects):
+        sessions = {job.session for job in jobs if job.subject == subject}
+        if config.release_dir is not None:  # a release carries every session's files
+            sessions |= {path.name[4:] for path in (config.bids_dir / f"sub-{subject}").glob("ses-*") if path.is_dir()}
+        sessions = sorted(sessions)
         identity = resolve_identity(config, subject, sessions)
         if not config.pseudonymize:
             labels = [subject, *(session for session in sessions if session)]

@@ -190,6 +190,22 @@ IDENTIFYING_KEYS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
+# Schema fields a release never carries, whatever their value: the device's and the site's identity.
+RELEASE_WITHHELD_FIELDS: frozenset[str] = IDENTIFYING_KEYS | DEVICE_IDENTITY_KEYS | {"HardcopyDeviceSoftwareVersion"}
+
+
+def release_fields(datatype: str, suffix: str, extension: str, entities: tuple[str, ...]) -> frozenset[str]:
+    """Return the allow-list of a released sidecar: the schema's fields for that file, less the identifying ones.
+
+    >>> fields = release_fields("func", "bold", ".nii.gz", ("sub", "task"))
+    >>> "RepetitionTime" in fields, "InstitutionName" in fields, "DeviceSerialNumber" in fields
+    (True, False, False)
+    """
+    from .standards import sidecar_fields
+
+    return sidecar_fields(datatype, suffix, extension, entities) - RELEASE_WITHHELD_FIELDS
+
+
 # Table columns that may leave; any other column is dropped unless kept by name.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "participants": ("participant_id", "age", "sex", "handedness", "species", "strain", "strain_rrid", "group"),

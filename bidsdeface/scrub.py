@@ -360,7 +360,11 @@ def scrub_modality(suffix: str, datatype: str) -> str:
 
 
 def scrub_sidecar(
-    metadata: dict[str, Any], modality: str, site: SitePolicy, date_offset: timedelta | None
+    metadata: dict[str, Any],
+    modality: str,
+    site: SitePolicy,
+    date_offset: timedelta | None,
+    fields: frozenset[str] | None = None,
 ) -> tuple[dict[str, Any], ScrubReport]:
     """Return a sidecar holding only allowed keys with checked values, dates shifted or dropped.
 
@@ -374,6 +378,9 @@ def scrub_sidecar(
         Keys a site keeps or drops beyond the built-in allow-list.
     date_offset : timedelta or None
         The subject's date shift; None removes dates and clock times.
+    fields : frozenset of str, optional
+        The allow-list to use instead of the modality's (a release's other datatypes:
+        :func:`bidsdeface.policy.release_fields`).
 
     Returns
     -------
@@ -393,7 +400,7 @@ def scrub_sidecar(
     >>> clean, report.removed, report.unknown_removed, list(report.dropped)
     ({'EchoTime': 0.003, 'AcquisitionTime': '10:00:00'}, ('InstitutionName',), 1, ['FlipAngle'])
     """
-    allowed = MODALITY_SIDECAR_KEYS[modality] | set(site.keep_sidecar_keys)
+    allowed = (MODALITY_SIDECAR_KEYS[modality] if fields is None else fields) | set(site.keep_sidecar_keys)
     placeholders = REQUIRED_PLACEHOLDERS.get(modality, {})
     scrubbed = _ScrubbedSidecar()
     for key, value in metadata.items():
@@ -719,7 +726,13 @@ def scrub_nifti_header(image: nib.Nifti1Image) -> tuple[nib.Nifti1Image, ScrubRe
     ScrubReport
         The text fields that held something, and ``extensions`` when any were removed.
     """
-    header = image.header.copy()
+    header, report = cleared_header(image.header)
+    return with_header(image, header), report
+
+
+def cleared_header(source: nib.Nifti1Header) -> tuple[nib.Nifti1Header, ScrubReport]:
+    """Return a copy of a NIfTI header without its free-text fields and extensions, and what held something."""
+    header = source.copy()
     fields = [name for name in NIFTI_TEXT_FIELDS if name in header]  # NIfTI-2 has no db_name, data_type
     cleared = [name for name in fields if bytes(header[name].tobytes()).strip(b"\x00 ")]
     for name in fields:
@@ -727,4 +740,86 @@ def scrub_nifti_header(image: nib.Nifti1Image) -> tuple[nib.Nifti1Image, ScrubRe
     if header.extensions:
         cleared.append("extensions")
     header.extensions.clear()
-    return with_header(image, header), ScrubReport(removed=tuple(cleared))
+    return header, ScrubReport(removed=tuple(cleared))
+
+
+EVENT_TIMING_COLUMNS: tuple[str, ...] = ("onset", "duration")
+# Column names and undeclared text values must be one code-like token (``pumps_demean``, ``go``).
+EVENT_CODE = r"[A-Za-z0-9_.+\-]{1,32}"
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric(values: list[str]) -> bool:
+    return all(value == MISSING or _number(value) for value in values)
+
+
+def _technical_only(text: str) -> bool:
+    """Whether ``text`` is made of words of the standards only (no digits, no other letters).
+
+    >>> _technical_only("left"), _technical_only("control_trial"), _technical_only("JS1984")
+    (True, True, False)
+    """
+    runs = re.findall(r"[A-Za-z]+|\d+", text)
+    return bool(runs) and all(run.isalpha() and is_technical_word(run) for run in runs)
+
+
+def scrub_events(table: Table, descriptions: dict[str, Any]) -> tuple[Table, ScrubReport]:
+    """Return an events table safe to share, and what was changed (column names only when standard).
+
+    ``descriptions`` is the table's ``events.json`` (inheritance resolved). Timing and
+    numeric columns pass. A text column passes when BIDS defines it or ``descriptions``
+    declares it; other text columns are removed. In a text column, values its ``Levels``
+    declare pass; any other text passes when it is one code-like token that repeats in the
+    file (a condition, not a note) or is made of words of the standards, and matches no
+    identifying pattern. What fails becomes ``n/a``.
+
+    >>> table = Table(("onset", "duration", "trial_type", "note"),
+    ...               (("1", "2", "go", "Seen by Dr. Who"), ("3", "2", "go", "ok"), ("5", "2", "JS1984", "ok")))
+    >>> clean, report = scrub_events(table, {})
+    >>> clean.columns, [row[2] for row in clean.rows], report.dropped, report.unknown_removed
+    (('onset', 'duration', 'trial_type'), ['go', 'go', 'n/a'], {'trial_type': '1 value(s) failed screening'}, 1)
+    """
+    kept, removed, dropped = [], [], {}
+    for index, column in enumerate(table.columns):
+        values = [row[index] for row in table.rows]
+        declared = isinstance(descriptions.get(column), dict) or column_definition(column) is not None
+        numeric = column in EVENT_TIMING_COLUMNS or _numeric(values)
+        if re.fullmatch(EVENT_CODE, column) is None or screen_text(column) or not (numeric or declared):
+            removed.append(column)
+            continue
+        levels = (descriptions.get(column) or {}).get("Levels") if declared else None
+        cleaned = _screened_event_values(values, numeric, set(levels) if isinstance(levels, dict) else None)
+        failed = sum(a != b for a, b in zip(values, cleaned, strict=True))
+        if failed:
+            dropped[column] = f"{failed} value(s) failed screening"
+        kept.append((column, cleaned))
+    shown, unknown = split_names(removed)
+    clean = Table(tuple(name for name, _ in kept), tuple(zip(*(cells for _, cells in kept), strict=True)))
+    return clean, ScrubReport(removed=shown, unknown_removed=unknown, dropped=dropped)
+
+
+def _screened_event_values(values: list[str], numeric: bool, levels: set[str] | None) -> list[str]:
+    """Return one events column with every value that may not leave set to ``n/a``."""
+    if numeric:
+        return [value if value == MISSING or _number(value) else MISSING for value in values]
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+
+    def passes(value: str) -> bool:
+        if value == MISSING or _number(value):
+            return True
+        if screen_text(value) or re.fullmatch(EVENT_CODE, value) is None:
+            return False
+        if levels is not None:
+            return value in levels
+        return counts[value] > 1 or _technical_only(value)
+
+    return [value if passes(value) else MISSING for value in values]

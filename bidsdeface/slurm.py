@@ -162,9 +162,15 @@ def ordered_subjects(bids_dir: Path, jobs: list[ScanJob]) -> list[str]:
     return ordered + unlisted
 
 
+def _output_root(config: Config) -> Path:
+    """Return OUTPUT_DIR as the user gave it: the release root with ``--layout release``, else the derivative."""
+    return config.release_dir or config.output_dir
+
+
 def _bind_mounts(config: Config, task_options: list[str]) -> list[str]:
     """Folders the container must see, at the same paths: input read-only, outputs read-write."""
-    binds = [f"{config.bids_dir}:{config.bids_dir}:ro", f"{config.output_dir}:{config.output_dir}"]
+    output = _output_root(config)
+    binds = [f"{config.bids_dir}:{config.bids_dir}:ro", f"{output}:{output}"]
     if needs_private_folder(config):
         private = private_folder(config)
         binds.append(f"{private}:{private}")
@@ -249,7 +255,7 @@ def _runner(config: Config, settings: ArraySettings, task_options: list[str]) ->
         f'    exec apptainer run --cleanenv {binds} {q(settings.apptainer_image)} "$@"',
         "}",
     ]
-    return runner, [config.output_dir, *([private_folder(config)] if needs_private_folder(config) else [])]
+    return runner, [_output_root(config), *([private_folder(config)] if needs_private_folder(config) else [])]
 
 
 def _key_check(config: Config) -> list[str]:
@@ -344,7 +350,7 @@ def array_script(
         "set -euo pipefail",
         "",
         f"BIDS_DIR={q(str(config.bids_dir))}",
-        f"OUTPUT_DIR={q(str(config.output_dir))}",
+        f"OUTPUT_DIR={q(str(_output_root(config)))}",
         "SUBJECTS=(",
         *(f"    {q(subject)}" for subject in subjects),
         ")",
@@ -373,7 +379,7 @@ def write_array_script(config: Config, settings: ArraySettings, task_options: li
         The script or the log folder cannot be written.
     """
     script = settings.script.absolute()
-    for place, name in ((config.bids_dir, "input dataset"), (config.output_dir, "output dataset")):
+    for place, name in ((config.bids_dir, "input dataset"), (_output_root(config), "output dataset")):
         for path, what in ((script, "script"), (settings.logs.absolute(), "log folder")):
             if place.resolve() in path.resolve().parents:
                 raise UsageError(f"{path}: the SLURM {what} lists input labels; put it outside the {name} ({place})")

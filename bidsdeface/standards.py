@@ -287,3 +287,110 @@ def is_technical_word(word: str) -> bool:
     if index == len(vocabulary):
         return False
     return vocabulary[index] == lowered or (len(lowered) >= 5 and vocabulary[index].startswith(lowered))
+
+
+def _rule_groups(node: Any) -> list[dict[str, Any]]:
+    """Flatten a tree of schema rules into the rules themselves (the mappings that hold ``key``)."""
+    content = node.to_dict() if hasattr(node, "to_dict") else node
+    if not isinstance(content, dict):
+        return []
+    if "suffixes" in content or "selectors" in content:
+        return [content]
+    return [rule for child in content.values() for rule in _rule_groups(child)]
+
+
+@lru_cache(maxsize=1)
+def _raw_file_rules() -> tuple[dict[str, Any], ...]:
+    return tuple(_rule_groups(_schema().rules.files.raw))
+
+
+@lru_cache(maxsize=1)
+def _entity_short_names() -> dict[str, str]:
+    return {long: entity["name"] for long, entity in _schema().objects.entities.items()}
+
+
+def is_raw_bids_file(datatype: str, suffix: str, extension: str, entities: tuple[str, ...]) -> bool:
+    """Return whether the schema's raw file rules define a file of this datatype, suffix, extension and entities.
+
+    ``entities`` are the short keys the file name carries (``sub``, ``task``...).
+
+    >>> is_raw_bids_file("func", "bold", ".nii.gz", ("sub", "task", "run"))
+    True
+    >>> is_raw_bids_file("func", "events", ".tsv", ("sub", "task")), is_raw_bids_file("func", "bold", ".txt", ("sub",))
+    (True, False)
+    >>> is_raw_bids_file("anat", "T1w", ".nii.gz", ("sub", "secret"))
+    False
+    """
+    short = _entity_short_names()
+    for rule in _raw_file_rules():
+        if datatype in rule.get("datatypes", ()) and suffix in rule["suffixes"] and extension in rule["extensions"]:
+            allowed = {short[name]: level for name, level in rule.get("entities", {}).items()}
+            levels = {name: level if isinstance(level, str) else level.get("level") for name, level in allowed.items()}
+            required = {name for name, level in levels.items() if level == "required"}
+            if required <= set(entities) <= set(allowed):
+                return True
+    return False
+
+
+@lru_cache(maxsize=1)
+def _modality_of_datatype() -> dict[str, str]:
+    modalities = _schema().rules.modalities.to_dict()
+    return {datatype: name for name, entry in modalities.items() for datatype in entry["datatypes"]}
+
+
+_EQUALS = re.compile(r"""^(datatype|suffix|modality|extension) (==|!=) ["'](.+)["']$""")
+_INTERSECTS = re.compile(r"""^intersects\(\[?(datatype|suffix|modality)\]?, \[(.*)\]\)$""")
+_MATCH = re.compile(r"""^match\(extension, ["'](.+)["']\)$""")
+_ENTITY = re.compile(r"""^(?:["'](\w+)["'] in entities|entities\.(\w+)(?: .*)?)$""")
+
+
+def _selector_may_hold(selector: str, facts: dict[str, str], entities: tuple[str, ...]) -> bool:
+    """Return False only when ``selector`` is surely false for a file with these ``facts`` and ``entities``.
+
+    Conditions on other things (the sidecar's values, the dataset) may hold: they decide
+    whether a field is required, not whether it belongs to the file.
+    """
+    equals, intersects = _EQUALS.match(selector), _INTERSECTS.match(selector)
+    match, entity = _MATCH.match(selector), _ENTITY.match(selector)
+    if selector == "false":
+        return False
+    if equals:
+        return (facts[equals[1]] == equals[3]) == (equals[2] == "==")
+    if intersects:
+        return facts[intersects[1]] in re.findall(r"""["']([^"']+)["']""", intersects[2])
+    if match:
+        return re.search(match[1], facts["extension"]) is not None
+    if entity:
+        long = entity[1] or entity[2]
+        return _entity_short_names().get(long, long) in entities
+    return True
+
+
+@lru_cache(maxsize=256)
+def sidecar_fields(datatype: str, suffix: str, extension: str, entities: tuple[str, ...] = ()) -> frozenset[str]:
+    """Return the metadata fields the schema's sidecar rules give a raw file of this kind.
+
+    ``entities`` are the short keys its name carries (``task``, ``run``...). Rules for
+    derivatives are not read: these are the fields of raw files.
+
+    >>> fields = sidecar_fields("func", "bold", ".nii.gz", ("sub", "task"))
+    >>> {"RepetitionTime", "TaskName", "EchoTime", "SliceTiming"} <= fields, "IntendedFor" in fields
+    (True, False)
+    >>> "IntendedFor" in sidecar_fields("fmap", "phasediff", ".nii.gz"), {"TracerName", "Sources"} & fields
+    (True, set())
+    """
+    facts = {
+        "datatype": datatype,
+        "suffix": suffix,
+        "extension": extension,
+        "modality": _modality_of_datatype().get(datatype, ""),
+    }
+    metadata = _schema().objects.metadata
+    names: set[str] = set()
+    for group, rules in _schema().rules.sidecars.items():
+        if group == "derivatives":
+            continue
+        for rule in _rule_groups(rules):
+            if all(_selector_may_hold(selector, facts, entities) for selector in rule.get("selectors", ())):
+                names |= {metadata[key]["name"] for key in rule.get("fields", {})}
+    return frozenset(names)

@@ -110,8 +110,8 @@ def test_simulated_invocation_is_the_expected_command(tmp_path: Path) -> None:
     command = result.stdout.split("Generated Command:")[1].strip()
     assert command == (
         "mkdir -p /data/ds-defaced; bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02 "
-        "--modalities T1w ct --method blur --remove-ears --brain-margin 4.5 --min-registration-score 0.8 "
-        "--nprocs 2 --omp-nthreads 2 --slurm-max-parallel 20"
+        "--layout derivative --modalities T1w ct --method blur --remove-ears --brain-margin 4.5 "
+        "--min-registration-score 0.8 --nprocs 2 --omp-nthreads 2 --slurm-max-parallel 20"
     )
     args = build_parser().parse_args(shlex.split(command.split(";", 1)[1])[1:])
     assert (args.participant_label, args.modalities, args.method, args.remove_ears) == (

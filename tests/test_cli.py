@@ -299,3 +299,16 @@ def test_keep_failed_needs_a_private_folder_outside_the_output(
     assert "must be outside the output folder" in caplog.text
     assert not (out / "keys").exists()
     assert "--keep-failed" in build_parser().format_help()
+
+
+def test_release_layout_puts_the_derivative_inside_and_the_private_folder_beside(tmp_path: Path) -> None:
+    from bidsdeface.identity import private_folder
+
+    config = config_from_args(
+        build_parser().parse_args(["in", str(tmp_path / "rel"), "participant", "--layout", "release"])
+    )
+    assert config.release_dir == tmp_path / "rel"
+    assert config.output_dir == tmp_path / "rel" / "derivatives" / "bidsdeface"
+    assert private_folder(config) == tmp_path / "rel-private"
+    default = config_from_args(build_parser().parse_args(["in", str(tmp_path / "out"), "participant"]))
+    assert default.release_dir is None and default.output_dir == tmp_path / "out"

@@ -20,6 +20,7 @@ from bidsdeface.scrub import (
     screen_text,
     scrub_column_descriptions,
     scrub_dataset_description,
+    scrub_events,
     scrub_nifti_header,
     scrub_sidecar,
     scrub_table,
@@ -356,3 +357,24 @@ def test_pet_date_keys_holding_lists_or_objects_are_dropped(tmp_path: Path) -> N
     assert {"InjectionStart", "ScanStart"} <= set(report.dropped)
     assert clean["TimeZero"] == "00:00:00" and "TimeZero" in report.replaced  # required: a placeholder
     assert "2024-03-15" not in json.dumps(clean) and "10:05:00" not in json.dumps(clean)
+
+
+def test_events_keep_timing_numbers_and_screened_conditions() -> None:
+    table = Table(
+        ("onset", "duration", "trial_type", "response", "rt", "comment", "LEAK9Q_notes", "stim_file"),
+        (
+            ("0.5", "1", "go", "left", "0.41", "Subject said hi", "1", "faces/f01.png"),
+            ("2.5", "1", "go", "right", "n/a", "n/a", "2", "faces/f02.png"),
+            ("4.5", "1", "JS1984", "MRN 4471923", "0.38", "ok", "3", "faces/f01.png"),
+            ("6.5", "1", "stop", "up", "0.52", "ok", "x", "faces/f01.png"),
+        ),
+    )
+    clean, report = scrub_events(table, {"response": {"Levels": {"left": "", "right": "", "MRN 4471923": ""}}})
+    assert clean.columns == ("onset", "duration", "trial_type", "response", "rt", "stim_file")
+    rows = list(zip(*clean.rows, strict=True))
+    assert rows[0] == ("0.5", "2.5", "4.5", "6.5") and rows[4] == ("0.41", "n/a", "0.38", "0.52")
+    assert rows[2] == ("go", "go", "n/a", "stop"), "repeated codes and standard words pass; a one-off code does not"
+    assert rows[3] == ("left", "right", "n/a", "n/a"), "declared levels pass unless they look identifying"
+    assert set(rows[5]) == {"n/a"}, "paths are not codes (stimuli are not carried, and file names can name people)"
+    assert report.removed == () and report.unknown_removed == 2, "undeclared text columns: counted, not named"
+    assert set(report.dropped) == {"trial_type", "response", "stim_file"}

@@ -132,6 +132,13 @@ def test_task_runs_the_right_subject_with_task_options(three_subjects: Path, tmp
     assert beyond.returncode == 64 and "tasks are 1-3" in beyond.stderr
 
 
+def test_release_layout_tasks_write_the_release_root(three_subjects: Path, tmp_path: Path) -> None:
+    code, text = _write(three_subjects, tmp_path, "--layout", "release")
+    assert code == 0
+    assert f"OUTPUT_DIR={(tmp_path / 'out').absolute()}" in text
+    assert "--layout release" in text and "group --layout release" in text
+
+
 def test_secret_key_is_never_written_down(three_subjects: Path, tmp_path: Path) -> None:
     code, text = _write(three_subjects, tmp_path, "--date-shift-key", "s3cr3t-k3y")
     assert code == 0 and "s3cr3t-k3y" not in text

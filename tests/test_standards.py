@@ -10,9 +10,11 @@ from bidsdeface.standards import (
     column_levels,
     dicom_definition,
     fits_definition,
+    is_raw_bids_file,
     is_standard_name,
     is_technical_word,
     metadata_definitions,
+    sidecar_fields,
     standard_fit,
 )
 
@@ -81,3 +83,35 @@ def test_technical_words_are_those_of_the_standards() -> None:
         assert is_technical_word(word), word
     for name in ("Smith", "Jones", "Mary", "Rorden", "Hospital"):
         assert not is_technical_word(name), name
+
+
+@pytest.mark.parametrize(
+    ("datatype", "suffix", "extension", "entities", "defined"),
+    [
+        ("func", "bold", ".nii.gz", ("sub", "ses", "task", "run"), True),
+        ("func", "events", ".tsv", ("sub", "task", "run"), True),
+        ("func", "physio", ".tsv.gz", ("sub", "task", "recording"), True),
+        ("dwi", "dwi", ".bval", ("sub",), True),
+        ("fmap", "phasediff", ".nii.gz", ("sub", "run"), True),
+        ("func", "bold", ".nii.gz", ("sub",), False),  # task is required
+        ("anat", "T1w", ".nii.gz", ("sub", "patient"), False),
+        ("anat", "notes", ".txt", ("sub",), False),
+        ("secret", "bold", ".nii.gz", ("sub", "task"), False),
+    ],
+)
+def test_raw_files_are_those_the_schema_defines(
+    datatype: str, suffix: str, extension: str, entities: tuple[str, ...], defined: bool
+) -> None:
+    assert is_raw_bids_file(datatype, suffix, extension, entities) is defined
+
+
+def test_sidecar_fields_follow_the_schema_rules_of_the_file() -> None:
+    bold = sidecar_fields("func", "bold", ".nii.gz", ("sub", "task"))
+    dwi = sidecar_fields("dwi", "dwi", ".nii.gz", ("sub",))
+    phasediff = sidecar_fields("fmap", "phasediff", ".nii.gz", ("sub",))
+    assert {"RepetitionTime", "TaskName", "SliceTiming", "EchoTime"} <= bold
+    assert {"BigDelta", "SmallDelta", "PhaseEncodingDirection"} <= dwi and "TaskName" not in dwi
+    assert {"EchoTime1", "EchoTime2", "IntendedFor"} <= phasediff and "IntendedFor" not in bold
+    assert not {"TracerName", "Sources", "SkullStripped", "SamplingFrequency"} & (bold | dwi | phasediff)
+    assert "SamplingFrequency" in sidecar_fields("func", "physio", ".tsv.gz", ("sub", "task"))
+    assert "Units" not in bold and "Units" in sidecar_fields("func", "bold", ".nii.gz", ("sub", "task", "part"))
