@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -71,6 +72,20 @@ class SubjectIdentity:
     def output_session(self, session: str) -> str:
         """Return the output label of input session ``session``."""
         return self.sessions.get(session, session)
+
+    def output_text(self, text: str) -> str:
+        """Replace the subject's and its sessions' input labels where they stand as words in free text.
+
+        For identifiers users build from labels (``B0FieldIdentifier``: ``fmap_sub-01``).
+
+        >>> SubjectIdentity("01", "x7", None, {"pre": "a1"}).output_text("pepolar_sub-01_ses-pre, 01b, 01")
+        'pepolar_sub-x7_ses-a1, 01b, x7'
+        """
+        renames = {self.label: self.output_label, **self.sessions}
+        for label, renamed in sorted(renames.items(), key=lambda item: -len(item[0])):
+            if label != renamed:
+                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(label)}(?![A-Za-z0-9])", renamed, text)
+        return text
 
     def output_relpath(self, relpath: str) -> str:
         """Rename the subject and session labels in a dataset-relative path.

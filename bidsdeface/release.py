@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import math
 import os
@@ -38,9 +39,9 @@ from .config import Config
 from .discover import ScanJob, read_metadata
 from .errors import ScanError
 from .files import MISSING, Table, atomic_path, read_json_object, remove_stale_temporaries, write_json_atomic
-from .identity import SubjectIdentity
+from .identity import SubjectIdentity, needs_private_folder, private_folder
 from .outputs import OutputPaths
-from .policy import release_fields
+from .policy import CLOCK_KEYS, release_fields
 from .scrub import ScrubReport, cleared_header, scrub_events, scrub_sidecar, value_problem
 from .standards import is_raw_bids_file
 
@@ -54,8 +55,11 @@ HEAD_IMAGE_DATATYPES: frozenset[str] = frozenset({"anat", "pet"})
 # Keys of a defaced scan's derivative sidecar that a raw file does not carry.
 DERIVATIVE_ONLY_KEYS: frozenset[str] = frozenset({"Description", "Sources", "SkullStripped"})
 RELEASE_RECORD_SUFFIX = "_release.json"
+# Identifiers users often build from subject and session labels: relabelled like file names.
+LABELLED_REFERENCE_KEYS: frozenset[str] = frozenset({"B0FieldSource", "B0FieldIdentifier"})
 GRADIENT_EXTENSIONS: frozenset[str] = frozenset({".bval", ".bvec"})
 RECORDING_SUFFIXES: frozenset[str] = frozenset({"physio", "stim"})
+SCREENED_TABLE_SUFFIXES: frozenset[str] = frozenset({"events", "aslcontext"})
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 NIFTI = (".nii.gz", ".nii")
 
@@ -75,11 +79,40 @@ class ReleasedFile:
 
 @dataclass
 class SubjectRelease:
-    """What one subject's release holds, what was left out (by reason) and what scrubbing did."""
+    """What one subject's release holds, what was left out (by reason) and what scrubbing did.
+
+    ``stamps`` maps an input file to its size and time and its copy's size, time and SHA-256,
+    as an earlier run left them: a copy whose four stamps still match is not made again.
+    """
 
     files: list[ReleasedFile] = field(default_factory=list)
     left_out: Counter[str] = field(default_factory=Counter)
     scrub: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stamps: dict[str, list[Any]] = field(default_factory=dict)
+
+    def unchanged_copy(self, source: Path, target: Path, relpath: str) -> str | None:
+        """Return the SHA-256 of ``target`` when it is the copy an earlier run made of ``source`` as it is now."""
+        if not target.is_file():
+            return None
+        earlier = self.stamps.get(relpath)
+        now = [*_stat(source), *_stat(target)]
+        return earlier[4] if earlier is not None and earlier[:4] == now else None
+
+    def copied(self, source: Path, target: Path, relpath: str, sha256: str) -> None:
+        """Remember the copy ``target`` of ``source`` (its stamps, for the next run)."""
+        self.stamps[relpath] = [*_stat(source), *_stat(target), sha256]
+
+
+def _stat(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _stamps_path(config: Config, identity: SubjectIdentity) -> Path | None:
+    """Where a subject's copy stamps are kept: the private folder (they name input files), if the run has one."""
+    if not needs_private_folder(config):
+        return None
+    return private_folder(config) / "release" / f"sub-{identity.label}.json"
 
 
 def _sha256(path: Path) -> str:
@@ -98,7 +131,9 @@ def _split(name: str) -> tuple[list[tuple[str, str]], str, str] | None:
         return None
 
 
-def release_subject(config: Config, identity: SubjectIdentity, jobs: list[ScanJob]) -> SubjectRelease:
+def release_subject(
+    config: Config, identity: SubjectIdentity, jobs: list[ScanJob], stamps: dict[str, list[Any]] | None = None
+) -> SubjectRelease:
     """Fill the release root with one subject's files; return what was released and left out.
 
     Parameters
@@ -109,9 +144,11 @@ def release_subject(config: Config, identity: SubjectIdentity, jobs: list[ScanJo
         The subject's output labels and date offset.
     jobs : list of ScanJob
         The subject's scans selected for defacing (finished ones are released defaced).
+    stamps : dict, optional
+        The copy stamps an earlier run left (see :class:`SubjectRelease`).
     """
     assert config.release_dir is not None
-    release = SubjectRelease()
+    release = SubjectRelease(stamps=dict(stamps or {}))
     by_path = {job.relpath: job for job in jobs}
     subject_dir = config.bids_dir / f"sub-{identity.label}"
     files = [path for path in subject_dir.rglob("*") if path.is_file() or path.is_symlink()]
@@ -148,8 +185,8 @@ def _release_file(
     target = config.release_dir / identity.output_relpath(relpath)  # type: ignore[operator]
     if extension in NIFTI:
         _release_image(config, identity, relpath, job, target, release)
-    elif suffix == "events" and extension == ".tsv":
-        _release_events(config, relpath, target, release)
+    elif suffix in SCREENED_TABLE_SUFFIXES and extension == ".tsv":
+        _release_table(config, relpath, target, release)
     elif extension in GRADIENT_EXTENSIONS:
         _release_gradients(config, relpath, target, release)
     elif suffix in RECORDING_SUFFIXES and extension == ".tsv.gz":
@@ -169,15 +206,19 @@ def _release_image(
         if not outputs.complete():
             release.left_out["head image not defaced (failed, or failed QC)"] += 1
             return
-        _release_defaced(outputs, target, release, config.release_dir)  # type: ignore[arg-type]
+        _release_defaced(config, outputs, target, release)
         return
     if datatype in HEAD_IMAGE_DATATYPES:
         release.left_out["head image not selected for defacing"] += 1
         return
-    cleared = carry_nifti(source, target)
-    release.files.append(ReleasedFile(_below(target, config), "header-cleared", _sha256(target)))
-    if cleared.removed:
-        release.scrub[_below(target, config)] = {"Header": cleared.as_record()}
+    digest = release.unchanged_copy(source, target, relpath)
+    if digest is None:
+        cleared = carry_nifti(source, target)
+        digest = _sha256(target)
+        release.copied(source, target, relpath, digest)
+        if cleared.removed:
+            release.scrub[_below(target, config)] = {"Header": cleared.as_record()}
+    release.files.append(ReleasedFile(_below(target, config), "header-cleared", digest))
     _release_sidecar(config, identity, source, target, release)
 
 
@@ -185,8 +226,15 @@ def _below(path: Path, config: Config) -> str:
     return path.relative_to(config.release_dir).as_posix()  # type: ignore[arg-type]
 
 
-def _release_defaced(outputs: OutputPaths, target: Path, release: SubjectRelease, root: Path) -> None:
-    """Link the derivative's defaced image to its raw name, and write its raw sidecar."""
+def _release_defaced(config: Config, outputs: OutputPaths, target: Path, release: SubjectRelease) -> None:
+    """Link the derivative's defaced image to its raw name, and write its raw sidecar.
+
+    The sidecar is the derivative's (scrubbed already) without the keys only a derivative
+    has and, for kinds BIDS defines, without keys outside the schema's fields for the file
+    (CT, which BIDS does not define yet, keeps the CT allow-list's keys).
+    """
+    root = config.release_dir
+    assert root is not None
     image = target.with_name(target.name + ".gz") if target.name.endswith(".nii") else target  # written gzipped
     if not (image.is_file() and os.path.samefile(image, outputs.image)):  # renaming a link onto itself is a no-op
         with atomic_path(image) as temporary:
@@ -196,9 +244,18 @@ def _release_defaced(outputs: OutputPaths, target: Path, release: SubjectRelease
             except OSError:
                 shutil.copyfile(outputs.image, temporary)
     sidecar = read_json_object(outputs.sidecar, ScanError)
-    raw = {key: value for key, value in sidecar.items() if key not in DERIVATIVE_ONLY_KEYS}
+    entities, suffix, _ = split_bids_name(image.name)
+    keys, datatype = tuple(key for key, _ in entities), image.parent.name
+    kept = set(sidecar) - DERIVATIVE_ONLY_KEYS
+    if is_raw_bids_file(datatype, suffix, ".nii.gz", keys):
+        kept &= (
+            release_fields(datatype, suffix, ".nii.gz", keys) | CLOCK_KEYS | set(config.scrub_policy.keep_sidecar_keys)
+        )
     json_path = image.with_name(image.name.removesuffix(".nii.gz") + ".json")
-    write_json_atomic(json_path, raw)
+    write_json_atomic(json_path, {key: value for key, value in sidecar.items() if key in kept})
+    outside = sorted(set(sidecar) - DERIVATIVE_ONLY_KEYS - kept)  # names the allow-lists hold: standard names
+    if outside:
+        release.scrub[json_path.relative_to(root).as_posix()] = {"Sidecar": {"Removed": outside}}
     release.files.append(ReleasedFile(image.relative_to(root).as_posix(), "defaced", _sha256(image)))
     release.files.append(ReleasedFile(json_path.relative_to(root).as_posix(), "scrubbed", _sha256(json_path)))
 
@@ -254,6 +311,10 @@ def _release_sidecar(
     fields = release_fields(source.parent.name, suffix, extension, keys)
     metadata = read_metadata(source)
     intended = metadata.pop("IntendedFor", None)
+    for key in sorted(LABELLED_REFERENCE_KEYS & set(metadata)):
+        metadata[key] = _relabelled(metadata[key], identity)
+        if re.search(rf"sub-(?!{re.escape(identity.output_label)}(?![A-Za-z0-9]))", json.dumps(metadata[key])):
+            del metadata[key]  # names another subject, whose label this subject's files must not carry
     clean, report = scrub_sidecar(metadata, "mri", config.scrub_policy, identity.date_offset, fields)
     targets = intended_targets(config, identity, intended) if "IntendedFor" in fields else []
     if targets:
@@ -272,6 +333,13 @@ def _release_sidecar(
         record["IntendedFor"] = {"Kept": len(targets), "Dropped": count - len(targets)}
     if record:
         release.scrub[_below(json_path, config)] = record
+
+
+def _relabelled(value: Any, identity: SubjectIdentity) -> Any:
+    """Return a string, or the strings of a list, with the subject's input labels replaced (other values kept)."""
+    if isinstance(value, list):
+        return [_relabelled(item, identity) for item in value]
+    return identity.output_text(value) if isinstance(value, str) else value
 
 
 def intended_targets(config: Config, identity: SubjectIdentity, intended: Any) -> list[str]:
@@ -306,8 +374,8 @@ def intended_targets(config: Config, identity: SubjectIdentity, intended: Any) -
     return kept
 
 
-def _release_events(config: Config, relpath: str, target: Path, release: SubjectRelease) -> None:
-    """Write a screened copy of an events table (its column descriptions are not carried)."""
+def _release_table(config: Config, relpath: str, target: Path, release: SubjectRelease) -> None:
+    """Write a screened copy of an events or ASL context table (column descriptions are not carried)."""
     source = config.bids_dir / relpath
     table = Table.parse(source.read_text(encoding="utf-8-sig"))
     clean, report = scrub_events(table, read_metadata(source))
@@ -343,14 +411,29 @@ def _release_recording(
     columns = read_metadata(source).get("Columns")
     if columns is None or value_problem("Columns", columns) is not None:
         raise LeftOut("recording whose column names are missing or fail screening")  # BIDS requires them
-    with gzip.open(source, "rb") as stream, atomic_path(target) as temporary:
-        with _output_stream(temporary, gzipped=True) as out:
-            for line in stream:
-                if not _numeric_line(line):
-                    raise LeftOut("recording holding more than numbers")
-                out.write(line)
-    release.files.append(ReleasedFile(_below(target, config), "copied", _sha256(target)))
+    digest = release.unchanged_copy(source, target, relpath)
+    if digest is None:
+        with gzip.open(source, "rb") as stream, atomic_path(target) as temporary:
+            with _output_stream(temporary, gzipped=True) as out:
+                for line in stream:
+                    if not _numeric_line(line):
+                        raise LeftOut("recording holding more than numbers")
+                    out.write(line)
+        digest = _sha256(target)
+        release.copied(source, target, relpath, digest)
+    release.files.append(ReleasedFile(_below(target, config), "copied", digest))
     _release_sidecar(config, identity, source, target, release)
+
+
+def _earlier_stamps(path: Path | None) -> dict[str, list[Any]]:
+    """Return the copy stamps at ``path``; none when there is no file or it is unreadable (everything is copied)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        copies = json.loads(path.read_text()).get("Copies", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: value for key, value in copies.items() if isinstance(value, list) and len(value) == 5}
 
 
 def write_subject_record(path: Path, release: SubjectRelease) -> None:
@@ -419,34 +502,51 @@ def release_dataset_files(description: dict[str, Any]) -> dict[str, bytes]:
 def publish_subject(config: Config, identity: SubjectIdentity, jobs: list[ScanJob]) -> None:
     """Release one subject, write its tables in the release root, and record both in the derivative.
 
+    Files an earlier run released that this one does not (a scan now failing QC, a stricter
+    policy) are removed, so the subject's folder holds exactly what the manifest lists.
     Call it holding the subject's lock, after the subject's scans and derivative files are written.
     """
-    from .metadata import write_scrub_record, write_subject_tables
+    from .metadata import write_scrub_record
 
-    stale = remove_stale_temporaries(config.release_dir / f"sub-{identity.output_label}")  # type: ignore[operator]
-    if stale:
-        log.info("sub-%s: release: removed %d partial file(s) left by an interrupted run", identity.output_label, stale)
-    release = release_subject(config, identity, jobs)
-    for name, report in write_subject_tables(config, identity, release=True).items():
-        release.scrub[name] = {"Table": report.as_record()}
-        for written in (name, name.removesuffix(".tsv") + ".json"):  # the table, its column descriptions
-            if (config.release_dir / written).is_file():  # type: ignore[operator]
-                release.files.append(ReleasedFile(written, "scrubbed", _sha256(config.release_dir / written)))  # type: ignore[operator]
     label = identity.output_label
+    folder = config.release_dir / f"sub-{label}"  # type: ignore[operator]
+    stale = remove_stale_temporaries(folder)
+    stamps_path = _stamps_path(config, identity)
+    release = release_subject(config, identity, jobs, _earlier_stamps(stamps_path))
+    if stamps_path is not None:
+        write_json_atomic(stamps_path, {"Copies": release.stamps})
+    _add_tables(config, identity, release)
+    released = {item.path for item in release.files}
+    withdrawn = [path for path in folder.rglob("*") if path.is_file() and _below(path, config) not in released]
+    for path in withdrawn:
+        path.unlink()
     write_subject_record(config.output_dir / f"sub-{label}" / f"sub-{label}{RELEASE_RECORD_SUFFIX}", release)
     write_scrub_record(config, identity, release.scrub)
     actions = Counter(item.action for item in release.files)
     done = ", ".join(f"{count} {action}" for action, count in sorted(actions.items())) or "nothing"
-    left = sum(release.left_out.values())
     reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(release.left_out.items()))
     log.info(
-        "sub-%s: release: %d file(s) (%s); %d input file(s) left out%s",
+        "sub-%s: release: %d file(s) (%s); %d input file(s) left out%s%s",
         label,
         len(release.files),
         done,
-        left,
+        sum(release.left_out.values()),
         f" ({reasons})" if reasons else "",
+        f"; {len(withdrawn) + stale} file(s) of an earlier or interrupted run removed" if withdrawn or stale else "",
     )
+
+
+def _add_tables(config: Config, identity: SubjectIdentity, release: SubjectRelease) -> None:
+    """Write the subject's sessions and scans tables in the release root, and add them to ``release``."""
+    from .metadata import write_subject_tables
+
+    root = config.release_dir
+    assert root is not None
+    for name, report in write_subject_tables(config, identity, release=True).items():
+        release.scrub[name] = {"Table": report.as_record()}
+        for written in (name, name.removesuffix(".tsv") + ".json"):  # the table, its column descriptions
+            if (root / written).is_file():
+                release.files.append(ReleasedFile(written, "scrubbed", _sha256(root / written)))
 
 
 def publish_dataset(config: Config, description: dict[str, Any]) -> None:

@@ -771,14 +771,14 @@ def _technical_only(text: str) -> bool:
 
 
 def scrub_events(table: Table, descriptions: dict[str, Any]) -> tuple[Table, ScrubReport]:
-    """Return an events table safe to share, and what was changed (column names only when standard).
+    """Return an events-like table (events, ASL context) safe to share, and what was changed.
 
     ``descriptions`` is the table's ``events.json`` (inheritance resolved). Timing and
     numeric columns pass. A text column passes when BIDS defines it or ``descriptions``
-    declares it; other text columns are removed. In a text column, values its ``Levels``
-    declare pass; any other text passes when it is one code-like token that repeats in the
-    file (a condition, not a note) or is made of words of the standards, and matches no
-    identifying pattern. What fails becomes ``n/a``.
+    declares it; other text columns are removed. In a text column, values its ``Levels`` (or
+    the schema's vocabulary for the column) declare pass; any other text passes when it is
+    one code-like token that repeats in the file (a condition, not a note) or is made of
+    words of the standards, and matches no identifying pattern. What fails becomes ``n/a``.
 
     >>> table = Table(("onset", "duration", "trial_type", "note"),
     ...               (("1", "2", "go", "Seen by Dr. Who"), ("3", "2", "go", "ok"), ("5", "2", "JS1984", "ok")))
@@ -794,8 +794,7 @@ def scrub_events(table: Table, descriptions: dict[str, Any]) -> tuple[Table, Scr
         if re.fullmatch(EVENT_CODE, column) is None or screen_text(column) or not (numeric or declared):
             removed.append(column)
             continue
-        levels = (descriptions.get(column) or {}).get("Levels") if declared else None
-        cleaned = _screened_event_values(values, numeric, set(levels) if isinstance(levels, dict) else None)
+        cleaned = _screened_event_values(values, numeric, _declared_levels(column, descriptions))
         failed = sum(a != b for a, b in zip(values, cleaned, strict=True))
         if failed:
             dropped[column] = f"{failed} value(s) failed screening"
@@ -803,6 +802,16 @@ def scrub_events(table: Table, descriptions: dict[str, Any]) -> tuple[Table, Scr
     shown, unknown = split_names(removed)
     clean = Table(tuple(name for name, _ in kept), tuple(zip(*(cells for _, cells in kept), strict=True)))
     return clean, ScrubReport(removed=shown, unknown_removed=unknown, dropped=dropped)
+
+
+def _declared_levels(column: str, descriptions: dict[str, Any]) -> set[str] | None:
+    """Return the values a column may hold: its ``Levels`` in ``descriptions``, else the schema's vocabulary."""
+    levels = (descriptions.get(column) or {}).get("Levels") if isinstance(descriptions.get(column), dict) else None
+    if isinstance(levels, dict):
+        return {str(level) for level in levels}
+    schema = column_definition(column) or {}
+    vocabulary = schema.get("enum") or list(column_levels(column) or {})
+    return {str(level) for level in vocabulary} if vocabulary else None
 
 
 def _screened_event_values(values: list[str], numeric: bool, levels: set[str] | None) -> list[str]:

@@ -179,11 +179,27 @@ def test_manifest_lists_every_released_file_with_its_hash(ds001_run: dict) -> No
 def test_a_second_run_resumes_and_changes_nothing(ds001_run: dict) -> None:
     out = ds001_run["out"]
     first = tree_digest(out / "sub-01")
+    bold = out / "sub-01" / "func" / f"sub-01_{TASK}_run-01_bold.nii.gz"
+    copied_at = bold.stat().st_mtime_ns
+    withdrawn = out / "sub-01" / "func" / f"sub-01_{TASK}_run-09_bold.nii.gz"  # as if released by an earlier run
+    shutil.copyfile(bold, withdrawn)
     again = release(ds001_run["bids"], out)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipped" in again.stderr
+    assert "skipped" in again.stderr and "1 file(s) of an earlier or interrupted run removed" in again.stderr
     assert tree_digest(out / "sub-01") == first
+    assert bold.stat().st_mtime_ns == copied_at, "an unchanged input's copy is not made again"
     assert not list(out.rglob(".bidsdeface-tmp*"))
+    assert set(manifest(out)) == released_files(out)
+
+
+def test_group_level_rebuilds_the_manifest(ds001_run: dict) -> None:
+    out = ds001_run["out"]
+    listed = manifest(out)
+    (out / "derivatives" / "bidsdeface" / "release_manifest.tsv").unlink()
+    command = [sys.executable, "-m", "bidsdeface.cli", str(ds001_run["bids"]), str(out), "group", "--layout", "release"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert manifest(out) == listed
 
 
 # planted identifiers, pseudonymised labels (on shared data)
@@ -209,6 +225,7 @@ def _plant(bids: Path, mark: Markers) -> None:
     for run, clock in enumerate(RUN_TIMES, start=1):
         stem = subject / "func" / f"sub-{LABEL}_{TASK}_run-0{run}"
         sidecar = {"AcquisitionTime": clock, "DeviceSerialNumber": mark(f"run-{run} DeviceSerialNumber")}
+        sidecar["B0FieldSource"] = f"fmap_sub-{LABEL}"
         sidecar |= {"SequenceName": f"{mark(f'run-{run} SequenceName')} John Smith", mark(f"run-{run} key"): 2}
         stem.with_name(stem.name + "_bold.json").write_text(json.dumps(sidecar))
         events = stem.with_name(stem.name + "_events.tsv")
@@ -237,6 +254,7 @@ def _plant(bids: Path, mark: Markers) -> None:
         f"func/{mark('IntendedFor entry')}_bold.nii.gz",
     ]
     fieldmap = {"EchoTime1": 0.00492, "EchoTime2": 0.00738, "IntendedFor": intended}
+    fieldmap["B0FieldIdentifier"] = f"fmap_sub-{LABEL}"  # built from the label: relabelled like file names
     fieldmap["StationName"] = mark("fmap StationName")
     (fmap / f"sub-{LABEL}_phasediff.json").write_text(json.dumps(fieldmap))
     scans = ["filename\tacq_time"]
@@ -245,12 +263,31 @@ def _plant(bids: Path, mark: Markers) -> None:
     scans += [f"anat/sub-{LABEL}_T1w.nii.gz\t2024-03-15T13:55:00", f"dwi/sub-{LABEL}_dwi.nii.gz\t2024-03-15T14:25:00"]
     (subject / f"sub-{LABEL}_scans.tsv").write_text("\n".join(scans) + "\n")
     _plant_recordings(subject, mark)
+    _plant_perfusion(subject, mark)
     functional_only = bids / f"sub-{OTHER}" / "func"
     shutil.copytree(subject / "func", functional_only)
     for path in sorted(functional_only.iterdir()):
         path.rename(path.with_name(path.name.replace(LABEL, OTHER)))
     with open(bids / "participants.tsv", "a") as table:
         table.write(f"sub-{OTHER}\t44\tM\n")
+
+
+ASL_SIDECAR = {
+    "ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.8, "BackgroundSuppression": False,
+    "M0Type": "Estimate", "M0Estimate": 100.0, "TotalAcquiredPairs": 2, "MagneticFieldStrength": 3,
+    "MRAcquisitionType": "3D", "EchoTime": 0.012, "RepetitionTimePreparation": 4.0, "LabelingDuration": 1.8,
+    "PCASLType": "balanced", "LabelingEfficiency": 0.85, "AcquisitionVoxelSize": [6, 6, 6],
+}  # fmt: skip
+
+
+def _plant_perfusion(subject: Path, mark: Markers) -> None:
+    """An ASL series with its volume types; its sidecar names the hospital."""
+    perf = subject / "perf"
+    perf.mkdir()
+    nib.save(small_series(IXI, 4), perf / f"sub-{LABEL}_asl.nii.gz")
+    (perf / f"sub-{LABEL}_aslcontext.tsv").write_text("volume_type\ncontrol\nlabel\ncontrol\nlabel\n")
+    sidecar = ASL_SIDECAR | {"InstitutionName": mark("asl InstitutionName"), mark("asl key name"): 1}
+    (perf / f"sub-{LABEL}_asl.json").write_text(json.dumps(sidecar))
 
 
 def _plant_recordings(subject: Path, mark: Markers) -> None:
@@ -305,6 +342,7 @@ def test_pseudonymised_release_is_valid_and_complete(planted_run: dict) -> None:
             "anat/S_T1w.json", "anat/S_T1w.nii.gz", "dwi/S_dwi.bval", "dwi/S_dwi.bvec", "dwi/S_dwi.json",
             "dwi/S_dwi.nii.gz", "fmap/S_magnitude1.nii.gz", "fmap/S_phasediff.json", "fmap/S_phasediff.nii.gz",
             "S_scans.tsv", "S_scans.json", f"func/S_{TASK}_run-01_physio.tsv.gz", f"func/S_{TASK}_run-01_physio.json",
+            "perf/S_asl.json", "perf/S_asl.nii.gz", "perf/S_aslcontext.tsv",
             *functional,
         ]
     )  # fmt: skip
@@ -319,10 +357,15 @@ def test_pseudonymised_release_is_valid_and_complete(planted_run: dict) -> None:
     assert events[1].split("\t")[2] == "n/a", "a one-off text value becomes n/a"
 
 
-def test_intended_for_points_at_released_files(planted_run: dict) -> None:
+def test_field_map_references_point_at_released_files_under_new_labels(planted_run: dict) -> None:
     out = planted_run["out"]
+    label = keyed_identity(KEY, LABEL)[1]
     (sidecar,) = out.glob("sub-*/fmap/*_phasediff.json")
-    intended = json.loads(sidecar.read_text())["IntendedFor"]
+    fieldmap = json.loads(sidecar.read_text())
+    assert fieldmap["B0FieldIdentifier"] == f"fmap_sub-{label}"
+    for bold in out.glob(f"sub-{label}/func/*_bold.json"):
+        assert json.loads(bold.read_text())["B0FieldSource"] == f"fmap_sub-{label}"
+    intended = fieldmap["IntendedFor"]
     assert len(intended) == 2, "the entry naming no input file is dropped"
     for entry in intended:
         assert entry.startswith("bids::")
