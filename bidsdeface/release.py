@@ -8,8 +8,8 @@ derivative layout; this stage then fills the release root, one subject at a time
   NIfTI header's text fields and extensions cleared, voxels byte for byte;
 - a sidecar per image, inheritance resolved, scrubbed with the schema's fields for its
   datatype and suffix (:func:`bidsdeface.policy.release_fields`), dates shifted;
-- events tables screened (:func:`bidsdeface.scrub.scrub_events`), ``bval``/``bvec`` checked
-  to hold numbers only.
+- events and ASL context tables screened (:func:`bidsdeface.scrub.scrub_events`);
+  ``bval``/``bvec`` and physiological or stimulus recordings copied when they hold numbers only.
 
 Anything else is left out and counted by reason, never named: head images that were not
 defaced, files the BIDS schema does not define, and kinds not carried yet.
@@ -179,8 +179,10 @@ def _release_file(
     keys = tuple(key for key, _ in entities)
     if extension == ".json":
         return  # sidecars travel with their data files, inheritance resolved
-    if not is_raw_bids_file(datatype, suffix, extension, keys):
-        release.left_out["not a BIDS file"] += 1
+    folders = [f"sub-{identity.label}", *(parts[1:2] if len(parts) == 4 else [])]
+    named = [f"{key}-{value}" for key, value in entities if key in ("sub", "ses")]
+    if named != folders or not is_raw_bids_file(datatype, suffix, extension, keys):
+        release.left_out["not a BIDS file"] += 1  # (also: a name whose labels are not its folders')
         return
     target = config.release_dir / identity.output_relpath(relpath)  # type: ignore[operator]
     if extension in NIFTI:

@@ -37,6 +37,7 @@ KEY = "ReleaseTestKey-41c9"
 # an identifying subject label (a name and a birth year), replaced under --pseudonymize
 LABEL = "ZqxDoe1957"
 OTHER = "ZqxRoe1960"  # a subject with functional runs only
+STRAY_SESSION = "ZqxVisit0315"  # a session label in a file name outside any session folder
 RUN_TIMES = ("14:02:11.500000", "14:09:40.250000", "14:17:05.000000")
 
 
@@ -264,6 +265,8 @@ def _plant(bids: Path, mark: Markers) -> None:
     (subject / f"sub-{LABEL}_scans.tsv").write_text("\n".join(scans) + "\n")
     _plant_recordings(subject, mark)
     _plant_perfusion(subject, mark)
+    stray = subject / "func" / f"sub-{LABEL}_ses-{STRAY_SESSION}_{TASK}_run-01_bold.nii.gz"  # not in a ses- folder
+    shutil.copyfile(subject / "func" / f"sub-{LABEL}_{TASK}_run-01_bold.nii.gz", stray)
     functional_only = bids / f"sub-{OTHER}" / "func"
     shutil.copytree(subject / "func", functional_only)
     for path in sorted(functional_only.iterdir()):
@@ -309,6 +312,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _plant(bids, mark)
     mark.add(LABEL, "subject label")
     mark.add(OTHER, "functional-only subject label")
+    mark.add(STRAY_SESSION, "stray session label")
     result = release(bids, root / "release", "--pseudonymize", "--date-shift-key", KEY, "-v")
     return {"bids": bids, "out": root / "release", "result": result, "markers": mark.where}
 
@@ -431,8 +435,9 @@ def test_pet002_release_is_valid_with_pet_and_t1w_defaced(tmp_path: Path) -> Non
     out = tmp_path / "release"
     result = release(bids, out, "--nprocs", "2", "--omp-nthreads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    validation = run_validator(out)
-    assert validation.returncode == 0, validation.stdout[-3000:]
+    for dataset in (out, out / "derivatives" / "bidsdeface"):
+        validation = run_validator(dataset)
+        assert validation.returncode == 0, validation.stdout[-3000:]
     listed = manifest(out)
     for session in ("baseline", "rescan"):
         stem = f"sub-01/ses-{session}"
