@@ -97,6 +97,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
 def _analysis_level(text: str) -> str:
     """Return ``text`` if it is one of :data:`ANALYSIS_LEVELS`, else raise :class:`UnknownLevelError` (exit 17).
 
@@ -129,6 +136,51 @@ def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> N
     scrub = parser.add_argument_group("metadata scrubbing", SCRUB_DESCRIPTION)
     _add_keep_options(scrub)
     _add_private_state_options(scrub, pseudonymize)
+
+
+def _add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    """Quasi-identifiers of the participants table: what is measured, and what is enforced."""
+    privacy = parser.add_argument_group(
+        "quasi-identifiers",
+        "The participants table that leaves is always measured: its equivalence classes over the "
+        "quasi-identifiers, the smallest class (k), unique rows and, with a sensitive column, l-diversity. "
+        "The result goes to privacy_report.json, the group report and the log",
+    )
+    privacy.add_argument(
+        "--quasi-identifiers",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="participants columns that could single a person out (default: every column that leaves but "
+        "participant_id and the sensitive column)",
+    )
+    privacy.add_argument(
+        "--sensitive-column", default=None, metavar="COLUMN", help="participants column measured for l-diversity"
+    )
+    privacy.add_argument(
+        "--k-anonymity",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="generalise until every class has at least K rows: ages in 5-year, then 10-year bands, then coded "
+        "under 20 and from 80 (written as the band's lower bound); other columns suppressed to n/a; rows still "
+        "alone suppressed whole (their images are kept). The least information loss wins",
+    )
+    privacy.add_argument(
+        "--l-diversity",
+        type=_positive_int,
+        default=None,
+        metavar="L",
+        help="also require L different values of --sensitive-column in every class",
+    )
+    privacy.add_argument(
+        "--max-suppressed-rows",
+        type=_fraction,
+        default=0.05,
+        metavar="SHARE",
+        help="share of rows that may be suppressed whole (default 0.05); beyond it the run stops with an error "
+        "and writes no tables",
+    )
 
 
 def _add_keep_options(scrub: argparse._ArgumentGroup) -> None:
@@ -216,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_skull_strip_options(parser)
     _add_run_options(parser)
     _add_scrub_options(parser, pseudonymize=True)
+    _add_privacy_options(parser)
     _add_slurm_options(parser)
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
@@ -447,6 +500,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         pseudonymize=args.pseudonymize,
         keep_failed=args.keep_failed,
         container_image=os.environ.get(CONTAINER_IMAGE_ENV) or None,
+        quasi_identifiers=tuple(dict.fromkeys(args.quasi_identifiers)),
+        sensitive_column=args.sensitive_column,
+        k_anonymity=args.k_anonymity,
+        l_diversity=args.l_diversity,
+        max_suppressed_rows=args.max_suppressed_rows,
         **_scrub_settings(args),
     )
 

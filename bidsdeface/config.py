@@ -137,6 +137,16 @@ class Config:
     release_dir : Path or None
         ``--layout release``: the raw dataset to publish, whose ``derivatives/bidsdeface``
         is then ``output_dir``. None in the derivative layout.
+    quasi_identifiers : tuple of str
+        Participants columns measured for k-anonymity; every column that leaves but
+        ``participant_id`` (and the sensitive column) when empty.
+    sensitive_column : str or None
+        The participants column whose values l-diversity spreads.
+    k_anonymity, l_diversity : int or None
+        Generalise the participants table until every class has k rows and l sensitive
+        values (see :mod:`bidsdeface.privacy`); None only measures.
+    max_suppressed_rows : float
+        Share of participants rows that may be suppressed whole to reach k and l.
     """
 
     bids_dir: Path
@@ -166,6 +176,11 @@ class Config:
     keep_failed: bool = False
     container_image: str | None = None
     release_dir: Path | None = None
+    quasi_identifiers: tuple[str, ...] = ()
+    sensitive_column: str | None = None
+    k_anonymity: int | None = None
+    l_diversity: int | None = None
+    max_suppressed_rows: float = 0.05
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -28,6 +28,7 @@ BIDSIGNORE_LINES: tuple[str, ...] = (
     "*_release.json",
     "release_manifest.tsv",
     "release_left_out.tsv",
+    "privacy_report.json",
     "*_ct.nii.gz",
     "*_ct.nii",
     "*_ct.json",

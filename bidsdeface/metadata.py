@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config
 from .derivatives import defaced_name
-from .errors import ScanError
-from .files import Table, read_json_object, write_bytes_atomic, write_json_atomic
+from .errors import ScanError, UsageError
+from .files import MISSING, Table, read_json_object, write_bytes_atomic, write_json_atomic
 from .identity import SubjectIdentity, known_identity
-from .scrub import ScrubReport, scrub_column_descriptions, scrub_table
+from .privacy import AGE_COLUMN, PRIVACY_REPORT, PrivacyPlan, measure, plan_privacy
+from .scrub import ScrubReport, generalise_age, scrub_column_descriptions, scrub_table
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,13 @@ def carry_table(
     target: Path,
     identity: SubjectIdentity | None,
     relabel: Callable[[str], str | None],
+    generalise: Callable[[Table], Table] | None = None,
+    age_description: str | None = None,
 ) -> ScrubReport | None:
     """Scrub the table ``source`` (and its column descriptions) into ``target``.
 
+    ``generalise`` then applies the participants' privacy plan to the clean table, and
+    ``age_description`` replaces the age column's description (banded ages).
     Returns None, and writes nothing, when the source is missing or no row remains
     (an existing output table is then left as it is).
     """
@@ -99,10 +105,13 @@ def carry_table(
     clean, report = scrub_table(table, kind, config.scrub_policy, offset, relabel)
     if not clean.rows:
         return None
+    clean = generalise(clean) if generalise is not None else clean
     write_bytes_atomic(target, clean.to_text().encode())
     descriptions = scrub_column_descriptions(
         _column_descriptions(config.bids_dir, source, kind, shown), clean.columns, config.scrub_policy
     )
+    if age_description is not None and AGE_COLUMN in descriptions:
+        descriptions[AGE_COLUMN] = {**descriptions[AGE_COLUMN], "Description": age_description}
     if descriptions:
         write_json_atomic(target.with_suffix(".json"), descriptions)
     return report
@@ -124,8 +133,26 @@ def write_subject_tables(config: Config, identity: SubjectIdentity, release: boo
         return renamed if (out_dir / renamed).is_dir() else None
 
     sessions_name = f"{subject_out}_sessions.tsv"
+    plan = participants_plan(config)
+
+    def banded(table: Table) -> Table:
+        if plan is None or AGE_COLUMN not in table.columns:
+            return table
+        column = table.columns.index(AGE_COLUMN)
+        rows = tuple(
+            (*row[:column], plan.session_age(subject_in, row[column]), *row[column + 1 :]) for row in table.rows
+        )
+        return Table(table.columns, rows)
+
     report = carry_table(
-        config, "sessions", in_dir / f"{subject_in}_sessions.tsv", out_dir / sessions_name, identity, session_row
+        config,
+        "sessions",
+        in_dir / f"{subject_in}_sessions.tsv",
+        out_dir / sessions_name,
+        identity,
+        session_row,
+        banded,
+        None if plan is None else plan.age_description(),
     )
     if report is not None:
         reports[f"{subject_out}/{sessions_name}"] = report
@@ -155,16 +182,107 @@ def write_participants(config: Config, release: bool = False) -> ScrubReport | N
     """Rebuild ``participants.tsv`` for the subjects present in the output (with ``release``, the release root)."""
     root = config.release_dir if release and config.release_dir is not None else config.output_dir
 
-    def participant_row(value: str) -> str | None:
+    def output_id(value: str) -> str | None:
         identity = known_identity(config, value.removeprefix("sub-"))
-        if identity is None:
-            return None
-        renamed = f"sub-{identity.output_label}"
-        return renamed if (root / renamed).is_dir() else None
+        return None if identity is None else f"sub-{identity.output_label}"
 
+    def participant_row(value: str) -> str | None:
+        renamed = output_id(value)
+        return renamed if renamed is not None and (root / renamed).is_dir() else None
+
+    plan = participants_plan(config)
     return carry_table(
-        config, "participants", config.bids_dir / "participants.tsv", root / "participants.tsv", None, participant_row
+        config,
+        "participants",
+        config.bids_dir / "participants.tsv",
+        root / "participants.tsv",
+        None,
+        participant_row,
+        None if plan is None else lambda table: plan.apply(table, output_id),
+        None if plan is None else plan.age_description(),
     )
+
+
+@lru_cache(maxsize=4)
+def participants_plan(config: Config) -> PrivacyPlan | None:
+    """Return the privacy plan of the input's participants table as it leaves, or None when it has none.
+
+    Made from the whole table (every run on the same input makes the same plan) and kept
+    for the run. The quasi-identifiers are ``--quasi-identifiers``, or every column that
+    leaves but ``participant_id`` and the sensitive column.
+
+    Raises
+    ------
+    UsageError
+        A named quasi-identifier or sensitive column does not leave.
+    PrivacyError
+        ``--k-anonymity`` or ``--l-diversity`` cannot be reached within the suppression budget.
+    """
+    source = config.bids_dir / "participants.tsv"
+    table = _read_table(source, "participants.tsv") if source.is_file() else None
+    if table is None:
+        return None
+    clean, _ = scrub_table(table, "participants", config.scrub_policy, None, lambda value: value)
+    named = [*config.quasi_identifiers, *([config.sensitive_column] if config.sensitive_column else [])]
+    absent = [name for name in named if name not in clean.columns or name == "participant_id"]
+    if absent:
+        raise UsageError(
+            f"--quasi-identifiers/--sensitive-column: not a participants column that leaves: {', '.join(absent)} "
+            "(other columns are removed unless --keep-columns keeps them)"
+        )
+    quasi = config.quasi_identifiers or tuple(
+        name for name in clean.columns if name not in ("participant_id", config.sensitive_column)
+    )
+    return plan_privacy(
+        clean, quasi, config.sensitive_column, config.k_anonymity, config.l_diversity, config.max_suppressed_rows
+    )
+
+
+PRIVACY_REPORT_DESCRIPTION = (
+    "k-anonymity of the participants table that leaves: equivalence classes over the quasi-identifiers, the "
+    "smallest class (K), rows alone in their class, and l-diversity of the sensitive column (L). Before: as "
+    "scrubbed; After: as written. Rows suppressed whole carry no quasi-identifier and are not counted."
+)
+
+
+def session_ages(config: Config, plan: PrivacyPlan) -> dict[str, Any] | None:
+    """Measure the ages of every input ``sessions.tsv`` (k over age alone), as scrubbed and as banded by ``plan``.
+
+    None when no sessions table has an age column.
+    """
+    before, after = [], []
+    for path in sorted(config.bids_dir.glob("sub-*/sub-*_sessions.tsv")):
+        table = _read_table(path, "sessions.tsv")
+        if table is None or AGE_COLUMN not in table.columns:
+            continue
+        subject = path.parent.name
+        column = table.columns.index(AGE_COLUMN)
+        for row in table.rows:
+            age = generalise_age(row[column]) or MISSING
+            before.append((subject, age))
+            after.append((subject, plan.session_age(subject, age)))
+    if not before:
+        return None
+    columns = ("participant_id", AGE_COLUMN)
+    measured = (measure(Table(columns, tuple(rows)), (AGE_COLUMN,)) for rows in (before, after))
+    return dict(zip(("Before", "After"), (m.as_record() for m in measured), strict=True))
+
+
+def write_privacy_report(config: Config, plan: PrivacyPlan) -> Path:
+    """Write ``privacy_report.json``: the plan, what was asked, and the session ages measured with it."""
+    requested = {"K": config.k_anonymity, "L": config.l_diversity, "MaxSuppressedRows": config.max_suppressed_rows}
+    path = config.output_dir / PRIVACY_REPORT
+    record = {
+        "Description": PRIVACY_REPORT_DESCRIPTION,
+        "GeneratedBy": f"bidsdeface {__version__}",
+        "Requested": {name: value for name, value in requested.items() if value is not None},
+        **plan.as_record(),
+    }
+    sessions = session_ages(config, plan)
+    if sessions is not None:
+        record["SessionAges"] = sessions
+    write_json_atomic(path, record)
+    return path
 
 
 def _earlier_file_records(path: Path) -> dict[str, Any]:

@@ -42,7 +42,14 @@ from .identity import (
 )
 from .images import CtIntensities, Scan, brain_threshold, ct_intensities, foreground_threshold, load_scan
 from .masks import scan_masks, with_brain_protected
-from .metadata import write_dataset_scrub_record, write_participants, write_scrub_record, write_subject_tables
+from .metadata import (
+    participants_plan,
+    write_dataset_scrub_record,
+    write_participants,
+    write_privacy_report,
+    write_scrub_record,
+    write_subject_tables,
+)
 from .outputs import (
     STAGES,
     BrainContent,
@@ -53,6 +60,7 @@ from .outputs import (
     stage_figures,
     stage_images,
 )
+from .privacy import AGE_LEVELS, PRIVACY_REPORT, PrivacyPlan
 from .qc import ScanQc, check_scan
 from .register import Registration, register_template, register_through_anatomical
 from .release import publish_dataset, publish_subject
@@ -558,6 +566,7 @@ def run_participant(config: Config, on_outcome: Callable[[ScanOutcome], None] | 
     source_description = read_dataset_description(config.bids_dir)
     check_paths(config)
     validate_input(config)
+    participants_plan(config)  # a k or l the participants table cannot reach stops the run before any scan
     jobs = find_scans(config)
     subjects = sorted({job.subject for job in jobs})
     log.info("%d scan(s) of %d subject(s) to process", len(jobs), len(subjects))
@@ -636,13 +645,43 @@ def _write_dataset_summaries(config: Config) -> None:
     with output_lock(config.output_dir, DATASET_LOCK):
         participants = write_participants(config)
         write_dataset_scrub_record(config, {"dataset_description.json": description, "participants.tsv": participants})
+        plan = participants_plan(config)
+        if plan is not None:
+            write_privacy_report(config, plan)
         _refresh_subject_reports(config.output_dir)
         summary = write_group_files(config.output_dir)
         if config.release_dir is not None:
             publish_dataset(config, read_json_object(config.output_dir / "dataset_description.json", OutputError))
     if participants is not None:
         _log_scrub("participants.tsv", participants, "column")
+    if plan is not None:
+        _log_privacy(plan, enforced=config.k_anonymity is not None or config.l_diversity is not None)
     _log_qc_summary(summary)
+
+
+def _log_privacy(plan: PrivacyPlan, enforced: bool) -> None:
+    """Say in one line how identifiable the participants table is, and what generalising it did."""
+    before, after = plan.before, plan.after
+    measured = f"k={before.k}, {before.unique_rows} unique row(s) of {before.rows}"
+    if not enforced:
+        done = "measured only (--k-anonymity generalises)"
+    elif after == before and not plan.suppressed_rows:
+        done = "it meets the request as it is: nothing generalised"
+    else:
+        columns = ", ".join(plan.suppressed_columns) or "none"
+        done = (
+            f"as written k={after.k}, {after.unique_rows} unique: ages {AGE_LEVELS[plan.age_level]}, suppressed "
+            f"columns: {columns}, {len(plan.suppressed_rows)} row(s) suppressed, information loss {plan.loss}"
+        )
+    diversity = f", l={before.diversity} -> {after.diversity}" if before.diversity is not None else ""
+    log.info(
+        "participants.tsv: quasi-identifiers %s: %s%s; %s; see %s",
+        ", ".join(plan.quasi_identifiers) or "none",
+        measured,
+        diversity,
+        done,
+        PRIVACY_REPORT,
+    )
 
 
 def _log_scrub(name: str, report: ScrubReport, what: str) -> None:

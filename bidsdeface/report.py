@@ -24,6 +24,7 @@ from . import __version__
 from .figures import VIEW_MM
 from .files import write_bytes_atomic
 from .outputs import STAGES
+from .privacy import PRIVACY_REPORT, WARN_BELOW_K
 from .qc import STATUS_ORDER
 
 log = logging.getLogger(__name__)
@@ -330,10 +331,47 @@ def _linked(target: str | None, content: str) -> str:
     return f'<a href="{html.escape(target)}">{content}</a>' if target else content
 
 
-def group_report(records: list[dict[str, Any]], reported: frozenset[str] | None = None) -> bytes:
+def privacy_section(privacy: dict[str, Any] | None) -> str:
+    """Return the group report's section on the participants table's quasi-identifiers (empty without a report).
+
+    A k below :data:`bidsdeface.privacy.WARN_BELOW_K` as written is a WARN, with the counts.
+
+    >>> section = privacy_section({"QuasiIdentifiers": ["age", "sex"], "Before": {"K": 1, "UniqueRows": 3, "Rows": 9},
+    ...                            "After": {"K": 1, "UniqueRows": 3, "Rows": 9}, "AgeLevel": "exact"})
+    >>> "WARN" in section and "3 of 9 rows" in section
+    True
+    """
+    if not privacy:
+        return ""
+    before, after = privacy.get("Before", {}), privacy.get("After", {})
+    status = "WARN" if int(after.get("K", 0)) < WARN_BELOW_K else "PASS"
+    rows = {
+        "quasi-identifiers": ", ".join(privacy.get("QuasiIdentifiers", [])) or "none",
+        "k as scrubbed": f"{before.get('K')} ({before.get('UniqueRows')} of {before.get('Rows')} rows unique)",
+        "k as written": f"{after.get('K')} ({after.get('UniqueRows')} of {after.get('Rows')} rows unique)",
+        "ages": privacy.get("AgeLevel", "exact"),
+        "suppressed columns": ", ".join(privacy.get("SuppressedColumns", [])) or "none",
+        "rows suppressed whole": privacy.get("SuppressedRows", 0),
+        "information loss": privacy.get("InformationLoss", 0),
+    }
+    if "L" in after:
+        rows["l-diversity"] = f"{before.get('L')} as scrubbed, {after.get('L')} as written"
+    note = (
+        f"<p>{_badge(status)} The participants table is {after.get('K')}-anonymous over its quasi-identifiers"
+        + (f": below {WARN_BELOW_K}, some rows can single a person out. --k-anonymity generalises it." if status ==
+           "WARN" else ".")
+        + f' See <a href="{PRIVACY_REPORT}">{PRIVACY_REPORT}</a>.</p>\n'
+    )  # fmt: skip
+    return "<h2>Participants: quasi-identifiers</h2>\n" + note + _table("participants.tsv", rows)
+
+
+def group_report(
+    records: list[dict[str, Any]], reported: frozenset[str] | None = None, privacy: dict[str, Any] | None = None
+) -> bytes:
     """Return the group report: every scan, FAIL and WARN first, with a thumbnail and its reasons.
 
     A scan links to its subject report only when it is in ``reported`` (all, if None).
+    ``privacy`` is the content of ``privacy_report.json`` (:func:`privacy_section`).
     """
     rows, pending = [], 0
     for record in records:
@@ -364,7 +402,7 @@ def group_report(records: list[dict[str, Any]], reported: frozenset[str] | None 
         "<table><tr><th>render</th><th>scan</th><th>QC</th><th>reasons</th><th>registration score</th>"
         "<th>face tissue left</th><th>face score after</th></tr>" + "".join(rows) + "</table>"
     )
-    return _page("bidsdeface: group QC", body)
+    return _page("bidsdeface: group QC", body + privacy_section(privacy))
 
 
 def write_group_files(output_dir: Path) -> QcSummary:
@@ -372,5 +410,15 @@ def write_group_files(output_dir: Path) -> QcSummary:
     records = read_qc_records(output_dir)
     table, report = output_dir / QC_TABLE, output_dir / GROUP_REPORT
     write_bytes_atomic(table, qc_table(records).encode())
-    write_bytes_atomic(report, group_report(records, _reported_scans(output_dir, records)))
+    privacy = _read_privacy_report(output_dir / PRIVACY_REPORT)
+    write_bytes_atomic(report, group_report(records, _reported_scans(output_dir, records), privacy))
     return QcSummary(tuple(r["Status"] for r in records), table, report)
+
+
+def _read_privacy_report(path: Path) -> dict[str, Any] | None:
+    """Return ``privacy_report.json``'s content, or None when there is none (or it is unreadable)."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None

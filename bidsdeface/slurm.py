@@ -27,6 +27,7 @@ from .discover import ScanJob, find_scans
 from .errors import OutputError, UsageError
 from .files import Table, write_bytes_atomic
 from .identity import needs_private_folder, private_folder
+from .metadata import participants_plan
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +376,8 @@ def write_array_script(config: Config, settings: ArraySettings, task_options: li
         The script or its logs would go inside the input or the output dataset.
     NoFilesError
         The filters select no scans.
+    PrivacyError
+        ``--k-anonymity`` or ``--l-diversity`` cannot be reached (see :func:`bidsdeface.metadata.participants_plan`).
     OutputError
         The script or the log folder cannot be written.
     """
@@ -383,6 +386,7 @@ def write_array_script(config: Config, settings: ArraySettings, task_options: li
         for path, what in ((script, "script"), (settings.logs.absolute(), "log folder")):
             if place.resolve() in path.resolve().parents:
                 raise UsageError(f"{path}: the SLURM {what} lists input labels; put it outside the {name} ({place})")
+    participants_plan(config)  # a k or l the participants table cannot reach fails here, not in every task
     jobs = find_scans(config)
     subjects = ordered_subjects(config.bids_dir, jobs)
     needs = task_resources(jobs, measured_resources())

@@ -48,6 +48,8 @@ def _typed(action: argparse.Action) -> dict[str, Any]:
         return {"type": "Number", "integer": True, **({"minimum": 1} if kind == "_positive_int" else {})}
     if kind in ("float", "_non_negative_float"):
         return {"type": "Number", **({"minimum": 0} if kind == "_non_negative_float" else {})}
+    if kind == "_fraction":
+        return {"type": "Number", "minimum": 0, "maximum": 1}
     return {"type": "File" if action.dest in EXISTING_FILES else "String"}
 
 

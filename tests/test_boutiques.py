@@ -37,7 +37,8 @@ def _actions() -> list[argparse.Action]:
 def _expected_type(action: argparse.Action) -> set[str]:
     if isinstance(action, (argparse._StoreTrueAction, argparse._CountAction)):
         return {"Flag"}
-    if action.type in (int, float) or getattr(action.type, "__name__", "") in ("_positive_int", "_non_negative_float"):
+    numeric = ("_positive_int", "_non_negative_float", "_fraction")
+    if action.type in (int, float) or getattr(action.type, "__name__", "") in numeric:
         return {"Number"}
     return {"String", "File"}
 
@@ -111,7 +112,7 @@ def test_simulated_invocation_is_the_expected_command(tmp_path: Path) -> None:
     assert command == (
         "mkdir -p /data/ds-defaced; bidsdeface /data/ds /data/ds-defaced participant --participant-label 01 02 "
         "--layout derivative --modalities T1w ct --method blur --remove-ears --brain-margin 4.5 "
-        "--min-registration-score 0.8 --nprocs 2 --omp-nthreads 2 --slurm-max-parallel 20"
+        "--min-registration-score 0.8 --nprocs 2 --omp-nthreads 2 --max-suppressed-rows 0.05 --slurm-max-parallel 20"
     )
     args = build_parser().parse_args(shlex.split(command.split(";", 1)[1])[1:])
     assert (args.participant_label, args.modalities, args.method, args.remove_ears) == (

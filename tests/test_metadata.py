@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from bidsdeface.config import Config
+from bidsdeface.errors import UsageError
 from bidsdeface.identity import SubjectIdentity, resolve_identity
 from bidsdeface.metadata import (
     DATASET_SCRUB_RECORD,
+    participants_plan,
     scrub_record_path,
     write_dataset_scrub_record,
     write_participants,
+    write_privacy_report,
     write_scrub_record,
     write_subject_tables,
 )
@@ -296,3 +299,28 @@ def test_dataset_scrub_record(tmp_path: Path) -> None:
     record = json.loads(path.read_text())
     assert record["Files"] == {} and record["GeneratedBy"].startswith("bidsdeface ")
     assert "never their values" in record["Description"]
+
+
+def test_k_anonymity_bands_participant_and_session_ages_alike(bids: Path, tmp_path: Path) -> None:
+    subject_dataset(bids)
+    out = tmp_path / "out"
+    touch(out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_desc-defaced_T1w.nii.gz")
+    for label in ("02", "03"):
+        (out / f"sub-{label}").mkdir(parents=True)
+    tsv(bids / "participants.tsv", "participant_id|age|sex", "sub-01|93|F", "sub-02|41|M", "sub-03|47|F")
+    config = Config(bids, out, drop_dates=True, quasi_identifiers=("age",), k_anonymity=2, max_suppressed_rows=0.4)
+    plan = participants_plan(config)
+    assert plan is not None and plan.age_level == 2, "41 and 47 meet in a 10-year band; 89 is alone: suppressed"
+    write_participants(config)
+    write_subject_tables(config, SubjectIdentity("01", "01", None))
+    ages = {row[0]: row[1] for row in read_tsv(out / "participants.tsv")[1:]}
+    assert ages == {"sub-01": "n/a", "sub-02": "40", "sub-03": "40"}
+    sessions = read_tsv(out / "sub-01" / "sub-01_sessions.tsv")
+    assert sessions[1][sessions[0].index("age")] == "n/a", "the subject's row is suppressed: so are its session ages"
+    description = json.loads((out / "participants.json").read_text())["age"]["Description"]
+    assert "lower bound" in description
+    report = json.loads(write_privacy_report(config, plan).read_text())
+    assert report["Before"]["K"] == 1 and report["After"]["K"] == 2 and report["SuppressedRows"] == 1
+    assert report["SessionAges"]["Before"]["Rows"] == 2 and report["SessionAges"]["After"]["Rows"] == 0
+    with pytest.raises(UsageError, match="not a participants column that leaves: PatientName"):
+        participants_plan(Config(bids, out, quasi_identifiers=("PatientName",)))
