@@ -2,7 +2,7 @@
 
 Everything not listed here is removed, including keys never seen before. The lists
 hold acquisition physics and device type, never people, places, free text or
-device identity. ``IDENTIFYING_KEYS`` (the DICOM PS3.15 Basic Application
+device identity. :func:`identifying_keys` (the DICOM PS3.15 Basic Application
 Confidentiality Profile attributes, by keyword) is the fail-closed check: none
 of them may survive unless a user keeps it by name.
 """
@@ -10,6 +10,7 @@ of them may survive unless a user keeps it by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import UsageError
@@ -131,67 +132,30 @@ TECHNICAL_TEXT = r"[A-Za-z0-9 _*+\-.#/:;%\\\[\](),<>=]+"
 # Keeping one of these means the dataset retains the device's identity (DICOM option 113109).
 DEVICE_IDENTITY_KEYS: frozenset[str] = frozenset({"DeviceSerialNumber", "StationName", "SoftwareVersions"})
 
-# DICOM PS3.15 Table E.1-1 (Basic Application Confidentiality Profile), by keyword.
-IDENTIFYING_KEYS: frozenset[str] = frozenset(
-    {
-        "AccessionNumber", "AcquisitionComments", "AcquisitionDate", "AcquisitionDateTime",
-        "AcquisitionDeviceProcessingDescription", "AcquisitionProtocolDescription", "AcquisitionTime",
-        "ActualHumanPerformersSequence", "AdditionalPatientHistory", "AdmissionID", "AdmittingDate",
-        "AdmittingDiagnosesCodeSequence", "AdmittingDiagnosesDescription", "AdmittingTime", "Allergies",
-        "AuthorObserverSequence", "BranchOfService", "CassetteID", "CommentsOnThePerformedProcedureStep",
-        "ConfidentialityConstraintOnPatientDataDescription", "ConsultingPhysicianName", "ContentCreatorName",
-        "ContentDate", "ContentTime", "ContrastBolusAgent", "ContributionDescription", "CountryOfResidence",
-        "CurrentPatientLocation", "CurveDate", "CurveTime", "CustodialOrganizationSequence", "DerivationDescription",
-        "DetectorID", "DeviceDescription", "DeviceSerialNumber", "DeviceUID", "DischargeDiagnosisDescription",
-        "DistributionAddress", "DistributionName", "DoseReferenceUID", "EthnicGroup",
-        "FillerOrderNumberImagingServiceRequest", "FrameComments", "FrameOfReferenceUID", "GantryID", "GeneratorID",
-        "HumanPerformerName", "HumanPerformerOrganization", "IdentifyingComments", "ImageComments",
-        "ImagePresentationComments", "ImagingServiceRequestComments", "Impressions", "InstanceCoercionDateTime",
-        "InstanceCreatorUID", "InstitutionAddress", "InstitutionCodeSequence", "InstitutionName",
-        "InstitutionalDepartmentName", "InsurancePlanIdentification", "InterpretationApproverSequence",
-        "InterpretationAuthor", "InterpretationDiagnosisDescription", "InterpretationIDIssuer",
-        "InterpretationRecorder", "InterpretationText", "InterpretationTranscriber", "IrradiationEventUID",
-        "IssuerOfAdmissionID", "IssuerOfPatientID", "IssuerOfServiceEpisodeID", "MedicalAlerts",
-        "MedicalRecordLocator", "MilitaryRank", "ModifiedImageDescription", "ModifyingDeviceID",
-        "NameOfPhysiciansReadingStudy", "NamesOfIntendedRecipientsOfResults", "Occupation",
-        "OperatorIdentificationSequence", "OperatorsName", "OrderCallbackPhoneNumber", "OrderEnteredBy",
-        "OrderEntererLocation", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "OverlayComments",
-        "OverlayDate", "OverlayTime", "PatientAddress", "PatientAge", "PatientBirthDate", "PatientBirthName",
-        "PatientBirthTime", "PatientComments", "PatientID", "PatientInstitutionResidence",
-        "PatientInsurancePlanCodeSequence", "PatientMotherBirthName", "PatientName",
-        "PatientPrimaryLanguageCodeSequence", "PatientReligiousPreference", "PatientSex", "PatientSexNeutered",
-        "PatientSize", "PatientState", "PatientTelecomInformation", "PatientTelephoneNumbers",
-        "PatientTransportArrangements", "PatientWeight", "PerformedLocation", "PerformedProcedureStepDescription",
-        "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedProcedureStepID",
-        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "PerformedStationAETitle",
-        "PerformedStationName", "PerformingPhysicianIdentificationSequence", "PerformingPhysicianName",
-        "PersonAddress", "PersonIdentificationCodeSequence", "PersonName", "PersonTelephoneNumbers",
-        "PhysicianApprovingInterpretation", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
-        "PhysiciansReadingStudyIdentificationSequence", "PlacerOrderNumberImagingServiceRequest", "PlateID",
-        "PreMedication", "PregnancyStatus", "ProcedureStepDescription", "ProtocolName",
-        "RadiopharmaceuticalStartDateTime", "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStopDateTime",
-        "RadiopharmaceuticalStopTime", "ReasonForStudy", "ReasonForTheImagingServiceRequest",
-        "ReferencedPatientAliasSequence", "ReferencedPatientPhotoSequence", "ReferringPhysicianAddress",
-        "ReferringPhysicianIdentificationSequence", "ReferringPhysicianName", "ReferringPhysicianTelephoneNumbers",
-        "RegionOfResidence", "RequestAttributesSequence", "RequestedContrastAgent", "RequestedProcedureComments",
-        "RequestedProcedureDescription", "RequestedProcedureID", "RequestedProcedureLocation", "RequestingPhysician",
-        "RequestingService", "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments", "ResultsIDIssuer",
-        "ScheduledHumanPerformersSequence", "ScheduledPatientInstitutionResidence",
-        "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription", "ScheduledProcedureStepEndDate",
-        "ScheduledProcedureStepEndTime", "ScheduledProcedureStepLocation", "ScheduledProcedureStepStartDate",
-        "ScheduledProcedureStepStartTime", "ScheduledStationAETitle", "ScheduledStationName",
-        "ScheduledStudyLocation", "ScheduledStudyLocationAETitle", "SeriesDate", "SeriesDescription",
-        "SeriesInstanceUID", "SeriesTime", "ServiceEpisodeDescription", "ServiceEpisodeID", "SmokingStatus",
-        "SOPInstanceUID", "SoftwareVersions", "SpecialNeeds", "StationName", "StorageMediaFileSetUID",
-        "StudyComments", "StudyDate", "StudyDescription", "StudyID", "StudyIDIssuer", "StudyInstanceUID",
-        "StudyTime", "SynchronizationFrameOfReferenceUID", "TextComments", "TextString", "TimezoneOffsetFromUTC",
-        "TopicAuthor", "TopicKeywords", "TopicSubject", "TopicTitle", "TransactionUID", "VerifyingObserverName",
-        "VerifyingObserverSequence", "VerifyingOrganization", "VisitComments",
-    }
-)  # fmt: skip
+# Names dcm2niix writes for Table E.1-1 attributes that are not DICOM keywords.
+DCM2NIIX_PROFILE_NAMES: dict[str, str] = {"ProcedureStepDescription": "PerformedProcedureStepDescription"}
 
-# Schema fields a release never carries, whatever their value: the device's and the site's identity.
-RELEASE_WITHHELD_FIELDS: frozenset[str] = IDENTIFYING_KEYS | DEVICE_IDENTITY_KEYS | {"HardcopyDeviceSoftwareVersion"}
+
+@lru_cache(maxsize=1)
+def identifying_keys() -> frozenset[str]:
+    """Return the keys no sidecar may carry untransformed (the fail-closed check of every scrub).
+
+    Every attribute of DICOM PS3.15 Table E.1-1 (Application Level Confidentiality
+    Profile), by keyword, from the bundled machine-readable table
+    (:func:`bidsdeface.standards.confidentiality_profile`); the names dcm2niix gives some
+    of them; and the device's identity (:data:`DEVICE_IDENTITY_KEYS`).
+
+    >>> keys = identifying_keys()
+    >>> {"PatientName", "InstitutionName", "ProcedureStepDescription", "SoftwareVersions"} <= keys, "EchoTime" in keys
+    (True, False)
+    """
+    from .standards import confidentiality_profile
+
+    return frozenset(confidentiality_profile()) | frozenset(DCM2NIIX_PROFILE_NAMES) | DEVICE_IDENTITY_KEYS
+
+
+# A schema field a release never carries, whatever its value, besides the identifying keys: the printer's software.
+RELEASE_WITHHELD_FIELDS: frozenset[str] = frozenset({"HardcopyDeviceSoftwareVersion"})
 
 
 def release_fields(datatype: str, suffix: str, extension: str, entities: tuple[str, ...]) -> frozenset[str]:
@@ -203,7 +167,7 @@ def release_fields(datatype: str, suffix: str, extension: str, entities: tuple[s
     """
     from .standards import sidecar_fields
 
-    return sidecar_fields(datatype, suffix, extension, entities) - RELEASE_WITHHELD_FIELDS
+    return sidecar_fields(datatype, suffix, extension, entities) - identifying_keys() - RELEASE_WITHHELD_FIELDS
 
 
 # Table columns that may leave; any other column is dropped unless kept by name.
@@ -304,7 +268,7 @@ def listed_name(name: str) -> bool:
     (True, False)
     """
     return (
-        name in IDENTIFYING_KEYS
+        name in identifying_keys()
         or name in CLOCK_KEYS
         or any(name in keys for keys in MODALITY_SIDECAR_KEYS.values())
         or any(name in columns for columns in TABLE_COLUMNS.values())

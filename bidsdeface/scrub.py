@@ -24,7 +24,6 @@ from .policy import (
     COLUMN_DESCRIPTION_FIELDS,
     DATASET_FIELDS_CARRIED,
     DOI,
-    IDENTIFYING_KEYS,
     MAX_TEXT_CHARS,
     MODALITY_SIDECAR_KEYS,
     NEUTRAL_DATASET_NAME,
@@ -41,6 +40,7 @@ from .policy import (
     VERSION,
     VERSION_KEYS,
     SitePolicy,
+    identifying_keys,
     listed_name,
 )
 from .standards import (
@@ -497,7 +497,7 @@ def _check_no_identifying_keys(clean: dict[str, Any], transformed: set[str]) -> 
     ScrubError
         An identifying key survived that is not in ``transformed`` (shifted, replaced or kept by the site).
     """
-    leaked = sorted(key for key in clean if key in IDENTIFYING_KEYS and key not in transformed)
+    leaked = sorted(key for key in clean if key in identifying_keys() and key not in transformed)
     if leaked:
         raise ScrubError(f"identifying sidecar key(s) survived scrubbing: {', '.join(leaked)}")
 

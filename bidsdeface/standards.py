@@ -7,9 +7,11 @@ key. Both are read on first use and cached; nothing is loaded at import.
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_left
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 # DICOM value representations whose values are numbers (PS3.5 Table 6.2-1).
@@ -394,3 +396,36 @@ def sidecar_fields(datatype: str, suffix: str, extension: str, entities: tuple[s
             if all(_selector_may_hold(selector, facts, entities) for selector in rule.get("selectors", ())):
                 names |= {metadata[key]["name"] for key in rule.get("fields", {})}
     return frozenset(names)
+
+
+CONFIDENTIALITY_PROFILE = ("dicom_standard", "confidentiality_profile_attributes.json")
+
+
+@lru_cache(maxsize=1)
+def confidentiality_profile() -> dict[str, dict[str, str]]:
+    """Return DICOM PS3.15 Table E.1-1 by attribute keyword: the Basic Profile's action and each option's.
+
+    Read from the bundled machine-readable copy (``bidsdeface/dicom_standard``, see its
+    ``SOURCE.md`` for the edition). Repeating groups (``60xx``) are read as their first group;
+    rows naming ranges of tags (curve data, private attributes) have no keyword and are
+    left out.
+
+    >>> profile = confidentiality_profile()
+    >>> profile["PatientName"]["basicProfile"], profile["StudyInstanceUID"]["basicProfile"]
+    ('Z', 'U')
+    >>> profile["DeviceSerialNumber"]["rtnDevIdOpt"], "EchoTime" in profile
+    ('K', False)
+    """
+    from pydicom.datadict import keyword_for_tag
+
+    folder, name = CONFIDENTIALITY_PROFILE
+    rows = json.loads(resources.files("bidsdeface").joinpath(folder, name).read_text(encoding="utf-8"))
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        tag = row["id"].replace("xx", "00", 1)
+        if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+            continue
+        keyword = keyword_for_tag(int(tag, 16))
+        if keyword:
+            table[keyword] = {key: value for key, value in row.items() if key.endswith(("Profile", "Opt"))}
+    return table

@@ -136,12 +136,12 @@ def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataset import Dataset
 
-    from bidsdeface.policy import CLOCK_KEYS, IDENTIFYING_KEYS
+    from bidsdeface.policy import CLOCK_KEYS, identifying_keys
 
     values: dict[int, tuple[str, object]] = {}
-    for keyword in sorted(IDENTIFYING_KEYS):
+    for keyword in sorted(identifying_keys()):
         tag = tag_for_keyword(keyword)
-        if tag is None:
+        if tag is None or tag >> 16 in (0x0000, 0x0002):  # not a keyword; command set; file meta (set below)
             continue
         vr = dictionary_VR(tag)
         if vr == "SQ":

@@ -17,7 +17,7 @@ from bidsdeface.convert_cli import main as convert_main
 from bidsdeface.dicom import Patient, Series
 from bidsdeface.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, ToolError
 from bidsdeface.files import Table
-from bidsdeface.policy import CLOCK_KEYS, IDENTIFYING_KEYS, MODALITY_SIDECAR_KEYS
+from bidsdeface.policy import CLOCK_KEYS, MODALITY_SIDECAR_KEYS, identifying_keys
 
 from .conftest import DICOM_SERIES, SHARED, needs_shared, run_validator, tree_digest
 
@@ -59,7 +59,7 @@ def test_real_series_convert_classify_and_validate(converted_dataset: Path, labe
     sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
     modality = "ct" if label == "ct" else "mri"
     assert set(sidecar) <= MODALITY_SIDECAR_KEYS[modality] | CLOCK_KEYS
-    assert not set(sidecar) & (IDENTIFYING_KEYS - {"AcquisitionTime"})
+    assert not set(sidecar) & (identifying_keys() - {"AcquisitionTime"})
     header = nib.load(image).header
     assert header["descrip"].item() == b"" and not header.extensions
     scans = Table.parse(next((converted_dataset / f"sub-{label}").glob("*_scans.tsv")).read_text())

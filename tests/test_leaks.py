@@ -23,7 +23,7 @@ import nibabel as nib
 import pytest
 
 from bidsdeface.identity import keyed_identity
-from bidsdeface.policy import CLOCK_KEYS, IDENTIFYING_KEYS, NEUTRAL_DATASET_NAME, SITE_COLUMN_DESCRIPTION
+from bidsdeface.policy import CLOCK_KEYS, NEUTRAL_DATASET_NAME, SITE_COLUMN_DESCRIPTION, identifying_keys
 from bidsdeface.standards import column_description
 
 from .conftest import NIFTI_HEADS, PARALLEL, SHARED, needs_shared, run_validator, tree_digest
@@ -55,7 +55,7 @@ FREE_TEXT = {
 def _sidecar(real: dict, mark: Markers, subject: str, session: str) -> dict:
     place = f"sub-{subject} ses-{session} sidecar"
     sidecar = dict(real)
-    for key in sorted(IDENTIFYING_KEYS):
+    for key in sorted(identifying_keys()):
         sidecar[key] = mark(f"{place} {key}")
     acquired = ACQUIRED[subject, session]
     sidecar["AcquisitionDateTime"] = acquired
@@ -225,7 +225,7 @@ def test_the_run_fails_only_the_broken_scan_and_leaves_the_input_alone(leak_run:
 
 def test_no_planted_identifier_survives_anywhere(leak_run: dict) -> None:
     markers = leak_run["markers"]
-    assert len(markers) > len(IDENTIFYING_KEYS) * 3
+    assert len(markers) > len(identifying_keys()) * 3
     result = leak_run["result"]
     log = without_clock_stamps(result.stdout + result.stderr)
     hits = find_leaks(leak_run["out"], markers, {"log": log})

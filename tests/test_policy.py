@@ -9,7 +9,7 @@ import pytest
 
 from bidsdeface import policy
 from bidsdeface.errors import EXIT_USAGE, UsageError
-from bidsdeface.policy import IDENTIFYING_KEYS, MODALITY_SIDECAR_KEYS, SitePolicy, listed_name
+from bidsdeface.policy import MODALITY_SIDECAR_KEYS, SitePolicy, identifying_keys, listed_name
 
 
 def test_policy_files_take_the_new_fields(tmp_path: Path) -> None:
@@ -38,5 +38,17 @@ def test_policy_entries_merge_in_order_without_duplicates() -> None:
 
 
 def test_the_fixed_lists_keep_identifying_keys_out() -> None:
-    assert not any(set(keys) & set(IDENTIFYING_KEYS) for keys in MODALITY_SIDECAR_KEYS.values())
+    assert not any(set(keys) & set(identifying_keys()) for keys in MODALITY_SIDECAR_KEYS.values())
     assert listed_name("PatientName") and listed_name("EchoTime") and not listed_name("SiteSecret42")
+
+
+def test_identifying_keys_come_from_the_standard_table() -> None:
+    keys = identifying_keys()
+    assert len(keys) > 600
+    assert {
+        "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StationName",
+        "StudyDescription", "SeriesDescription", "ProtocolName", "OperatorsName", "ReferringPhysicianName",
+        "StudyDate", "AcquisitionDateTime", "ImageComments", "DeviceSerialNumber", "SOPInstanceUID",
+        "FrameOfReferenceUID", "ProcedureStepDescription", "SoftwareVersions",
+    } <= keys  # fmt: skip
+    assert not {"EchoTime", "RepetitionTime", "Manufacturer", "SeriesNumber"} & keys

@@ -14,7 +14,7 @@ import pytest
 from bidsdeface import policy
 from bidsdeface.errors import ScrubError
 from bidsdeface.files import Table
-from bidsdeface.policy import IDENTIFYING_KEYS, NEUTRAL_DATASET_NAME, SITE_COLUMN_DESCRIPTION, SitePolicy
+from bidsdeface.policy import NEUTRAL_DATASET_NAME, SITE_COLUMN_DESCRIPTION, SitePolicy, identifying_keys
 from bidsdeface.scrub import (
     cell_problem,
     screen_text,
@@ -69,7 +69,7 @@ def test_dcm2niix_sidecars_lose_every_identifying_key(dcm2niix_sidecars: dict[st
     assert len(dcm2niix_sidecars) >= 4
     for series, sidecar in dcm2niix_sidecars.items():
         clean, report = scrub_sidecar(sidecar, _modality(series), SitePolicy(), OFFSET)
-        assert not set(clean) & (IDENTIFYING_KEYS - {"AcquisitionTime"}), series
+        assert not set(clean) & (identifying_keys() - {"AcquisitionTime"}), series
         assert not set(clean) & set(DCM2NIIX_LEFTOVERS), series
         assert set(clean) <= policy.MODALITY_SIDECAR_KEYS[_modality(series)] | policy.CLOCK_KEYS
         for key in DCM2NIIX_LEFTOVERS:
@@ -131,8 +131,8 @@ def test_fails_closed_when_an_identifying_key_would_survive(monkeypatch: pytest.
 
 def test_allow_lists_hold_no_identifying_key() -> None:
     for keys in policy.MODALITY_SIDECAR_KEYS.values():
-        assert not keys & IDENTIFYING_KEYS
-    assert not policy.DEVICE_IDENTITY_KEYS - IDENTIFYING_KEYS
+        assert not keys & identifying_keys()
+    assert not policy.DEVICE_IDENTITY_KEYS - identifying_keys()
 
 
 @pytest.mark.parametrize(

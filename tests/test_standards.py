@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 from bidsdeface import policy
 from bidsdeface.standards import (
     column_description,
     column_levels,
+    confidentiality_profile,
     dicom_definition,
     fits_definition,
     is_raw_bids_file,
@@ -115,3 +118,15 @@ def test_sidecar_fields_follow_the_schema_rules_of_the_file() -> None:
     assert not {"TracerName", "Sources", "SkullStripped", "SamplingFrequency"} & (bold | dwi | phasediff)
     assert "SamplingFrequency" in sidecar_fields("func", "physio", ".tsv.gz", ("sub", "task"))
     assert "Units" not in bold and "Units" in sidecar_fields("func", "bold", ".nii.gz", ("sub", "task", "part"))
+
+
+def test_the_confidentiality_profile_is_the_bundled_table_with_its_provenance() -> None:
+    profile = confidentiality_profile()
+    assert len(profile) > 600, "PS3.15 Table E.1-1, every row with a keyword"
+    assert profile["PatientBirthDate"]["basicProfile"] == "Z" and profile["AcquisitionDate"]["basicProfile"] == "X/Z"
+    assert profile["AcquisitionDate"]["rtnLongModifDatesOpt"] == "C" and profile["SOPInstanceUID"]["rtnUIDsOpt"] == "K"
+    assert "OverlayComments" in profile, "repeating groups (60xx) are read as their first group"
+    folder = resources.files("bidsdeface").joinpath("dicom_standard")
+    source = folder.joinpath("SOURCE.md").read_text()
+    assert "7f4749d09ed3ef2fa70637d376d423a4b13523cd" in source and "2024e" in source
+    assert "Innolitics" in folder.joinpath("LICENSE.txt").read_text()
