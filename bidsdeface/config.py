@@ -237,3 +237,87 @@ class ConvertConfig:
             raise ValueError("date_shift_key must not be empty")
         if self.mapping is None and not self.participant_label:
             raise ValueError("a participant label or a mapping is required")
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Which options of the DICOM Application Level Confidentiality Profile (PS3.15 E.3) apply.
+
+    Each name follows the option it turns on; the Basic Profile always applies.
+
+    Attributes
+    ----------
+    modified_dates : bool
+        Retain Longitudinal Temporal Information with Modified Dates: dates shifted by the
+        subject's offset (the BIDS path's), times of day kept. Off: dates are removed or emptied.
+    patient_characteristics : bool
+        Retain Patient Characteristics (sex, age, size, weight...; ages over 89 generalised).
+    device_identity : bool
+        Retain Device Identity (station name, serial numbers...).
+    clean_descriptors : bool
+        Clean Descriptors: keep a description only when it passes the sidecar text screen.
+    retain_uids : bool
+        Retain UIDs (study and frame of reference); series and instance UIDs are new anyway,
+        because the pixels changed.
+    safe_private : tuple of str
+        Private attributes kept, as ``CREATOR:gggg,ee`` (creator, group, element byte); numbers only.
+    """
+
+    modified_dates: bool = True
+    patient_characteristics: bool = False
+    device_identity: bool = False
+    clean_descriptors: bool = False
+    retain_uids: bool = False
+    safe_private: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DicomOutConfig:
+    """Everything ``bidsdeface-dicom`` needs: DICOM in, de-identified and defaced DICOM out.
+
+    Attributes
+    ----------
+    dicom_dir, output_dir : Path
+        Folder searched for DICOM (never written to) and the folder written.
+    participant_label, session_label, mapping :
+        Who the studies are, as for ``bidsdeface-convert`` (patient IDs and names become
+        the subject's pseudonym).
+    profile : ProfileOptions
+        The confidentiality profile's options.
+    deface : Config
+        The defacing settings (method, ears, brain margin, registration score, threads).
+    overwrite : bool
+        Redo series already exported.
+    date_shift_key, private_dir, work_dir :
+        As in :class:`Config`; the key also keys the new UIDs.
+    """
+
+    dicom_dir: Path
+    output_dir: Path
+    participant_label: str = ""
+    session_label: str = ""
+    mapping: Path | None = None
+    profile: ProfileOptions = field(default_factory=ProfileOptions)
+    deface: Config | None = None
+    overwrite: bool = False
+    date_shift_key: str | None = field(default=None, repr=False)
+    private_dir: Path | None = None
+    work_dir: Path | None = None
+
+    pseudonymize = True  # patient IDs and names always become pseudonyms
+
+    @property
+    def drop_dates(self) -> bool:
+        """Dates are removed, not shifted, without the modified-dates option."""
+        return not self.profile.modified_dates
+
+    @property
+    def defacing(self) -> Config:
+        """The defacing settings (defaults when none were given)."""
+        return self.deface or Config(self.dicom_dir, self.output_dir, work_dir=self.work_dir)
+
+    def __post_init__(self) -> None:
+        if self.date_shift_key is not None and not self.date_shift_key:
+            raise ValueError("date_shift_key must not be empty")
+        if self.mapping is None and not self.participant_label:
+            raise ValueError("a participant label or a mapping is required")

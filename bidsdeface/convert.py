@@ -148,8 +148,29 @@ class SeriesNotConverted(Exception):
         self.outcome = outcome
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def inside_folder(path: Path, folder: Path) -> bool:
+    """Return whether ``path`` is ``folder`` or inside it (both resolved)."""
     return path.resolve() == folder.resolve() or folder.resolve() in path.resolve().parents
+
+
+def refuse_nested_folders(dicom: Path, output: Path, private: Path | None, work: Path | None, kind: str) -> None:
+    """Refuse an output, private or scratch folder inside the DICOM folder, or inside each other.
+
+    Raises
+    ------
+    UsageError
+        Two of the folders nest; ``kind`` names the output (``BIDS``, ``output``) in the message.
+    OutputError
+        The output exists and is not a folder.
+    """
+    if inside_folder(output, dicom) or inside_folder(dicom, output):
+        raise UsageError(f"the {kind} folder and the DICOM folder must not contain each other")
+    if private is not None and (inside_folder(private, output) or inside_folder(private, dicom)):
+        raise UsageError(f"{private}: the private folder must be outside the {kind} and DICOM folders")
+    if work is not None and (inside_folder(work, output) or inside_folder(work, dicom)):
+        raise UsageError(f"{work}: the scratch folder (-w) must be outside the {kind} and DICOM folders")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: exists and is not a folder")
 
 
 def check_paths(config: ConvertConfig) -> None:
@@ -171,16 +192,9 @@ def check_paths(config: ConvertConfig) -> None:
         raise NoInputError(f"{dicom}: DICOM folder does not exist")
     if not any(dicom.iterdir()):
         raise NoInputError(f"{dicom}: DICOM folder is empty")
-    if _inside(output, dicom) or _inside(dicom, output):
-        raise UsageError("the BIDS folder and the DICOM folder must not contain each other")
-    private = private_folder(config)
-    if not config.drop_dates and (_inside(private, output) or _inside(private, dicom)):
-        raise UsageError(f"{private}: the private folder must be outside the BIDS and DICOM folders")
+    private = None if config.drop_dates else private_folder(config)
+    refuse_nested_folders(dicom, output, private, config.work_dir, "BIDS")
     work = config.work_dir
-    if work is not None and (_inside(work, output) or _inside(work, dicom)):
-        raise UsageError(f"{work}: the scratch folder (-w) must be outside the BIDS and DICOM folders")
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"{output}: exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not (output / "dataset_description.json").is_file():
         raise OutputError(f"{output}: not empty and not a BIDS dataset; refusing to write into it")
     if work is not None:
@@ -229,7 +243,7 @@ def write_mapping_template(inventory: Inventory, path: Path, config: ConvertConf
     Returns the number of studies. The file holds identifiers, so it may not be
     written inside the DICOM or BIDS folder.
     """
-    if _inside(path, config.output_dir) or _inside(path, config.dicom_dir):
+    if inside_folder(path, config.output_dir) or inside_folder(path, config.dicom_dir):
         raise UsageError(f"{path}: the mapping holds identifiers; write it outside the DICOM and BIDS folders")
     rows = []
     for study in inventory.studies:
@@ -437,7 +451,7 @@ def _write_target(
             scans.append((relpath.removeprefix(f"{target.relpath}/"), _acq_time(series, offset)))
         if scans:
             _write_target_tables(stage / target.relpath, target, scans, [outcomes[uid] for uid in order])
-            _move_into_place(stage / target.relpath, config.output_dir / target.relpath)
+            move_into_place(stage / target.relpath, config.output_dir / target.relpath)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -452,7 +466,7 @@ def _write_target_tables(folder: Path, target: Target, scans: list[tuple[str, st
     write_bytes_atomic(folder / f"{prefix}_conversion.tsv", report.to_text().encode())
 
 
-def _move_into_place(staged: Path, final: Path) -> None:
+def move_into_place(staged: Path, final: Path) -> None:
     """Rename a staged folder to ``final``, replacing an older one only after the new one is complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f"{TEMP_PREFIX}old-{uuid.uuid4().hex}"
@@ -526,7 +540,7 @@ def convert(
         without a mapping, or the output folder cannot be used.
     """
     check_paths(config)
-    by_target = _series_by_target(config)
+    by_target = series_by_target(config)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, list[SeriesOutcome]] = {}
     with tempfile.TemporaryDirectory(prefix="bidsdeface-convert-", dir=config.work_dir) as scratch:
@@ -550,7 +564,7 @@ def convert(
     return result
 
 
-def _series_by_target(config: ConvertConfig) -> dict[Target, list[Series]]:
+def series_by_target(config: ConvertConfig) -> dict[Target, list[Series]]:
     """Read DICOM_DIR and group its series by the folder each goes to (studies left out of a mapping dropped).
 
     Raises

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .bidsnames import clean_label
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_who_options(parser: argparse.ArgumentParser) -> None:
+def _add_who_options(parser: argparse.ArgumentParser, write_map: bool = True) -> None:
     """Add the labels of a single study, or the mapping of several studies to subjects and sessions."""
     who = parser.add_argument_group(
         "who is who", "Give labels for a folder with one patient's single study, or a mapping for anything else."
@@ -67,6 +68,8 @@ def _add_who_options(parser: argparse.ArgumentParser) -> None:
         help="TSV with columns study_instance_uid, participant_label and optionally session_label; "
         "studies without a participant_label are left out",
     )
+    if not write_map:
+        return
     who.add_argument(
         "--write-map",
         type=Path,
@@ -77,6 +80,29 @@ def _add_who_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_who(args: argparse.Namespace, listing_only: bool = False) -> None:
+    """Refuse labels given with a mapping, or neither (unless the run only lists the studies).
+
+    Raises
+    ------
+    UsageError
+        Labels and mapping are both given, or neither is.
+    """
+    if args.map is not None and (args.participant_label or args.session_label):
+        raise UsageError("give either --participant-label/--session-label or --map, not both")
+    if args.map is None and not listing_only and not args.participant_label:
+        raise UsageError("--participant-label is required (or --map for a folder with several studies)")
+
+
+def who_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the labels (cleaned) and the mapping path given on the command line."""
+    return {
+        "participant_label": clean_label(args.participant_label, "sub") if args.participant_label else "",
+        "session_label": clean_label(args.session_label, "ses") if args.session_label else "",
+        "mapping": None if args.map is None else args.map.absolute(),
+    }
+
+
 def config_from_args(args: argparse.Namespace) -> ConvertConfig:
     """Build the frozen conversion configuration from parsed arguments.
 
@@ -85,16 +111,11 @@ def config_from_args(args: argparse.Namespace) -> ConvertConfig:
     UsageError
         Labels and mapping are missing, invalid or given together.
     """
-    if args.map is not None and (args.participant_label or args.session_label):
-        raise UsageError("give either --participant-label/--session-label or --map, not both")
-    if args.map is None and args.write_map is None and not args.participant_label:
-        raise UsageError("--participant-label is required (or --map for a folder with several studies)")
+    check_who(args, listing_only=args.write_map is not None)
     return ConvertConfig(
         dicom_dir=args.dicom_dir.absolute(),
         output_dir=args.bids_dir.absolute(),
-        participant_label=clean_label(args.participant_label, "sub") if args.participant_label else "",
-        session_label=clean_label(args.session_label, "ses") if args.session_label else "",
-        mapping=None if args.map is None else args.map.absolute(),
+        **who_settings(args),
         overwrite=args.overwrite,
         work_dir=None if args.work_dir is None else args.work_dir.absolute(),
         **_scrub_settings(args),

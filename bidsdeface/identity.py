@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from .bidsnames import join_bids_name, split_bids_name
-from .config import Config, ConvertConfig
+from .config import Config, ConvertConfig, DicomOutConfig
 from .errors import PrivateStateError
 from .files import output_lock, read_json_object, write_bytes_atomic
 
 log = logging.getLogger(__name__)
+
+AnyConfig = Config | ConvertConfig | DicomOutConfig
+UID_KEY_FILE = "dicom_uid_key.txt"
+UID_ROOT = "2.25."  # UUID-derived UIDs (PS3.5 B.2): no registered root needed
 
 # Shifts of 110 to 120 years land every date before 2035 in 1925 or earlier (BIDS advice).
 MIN_SHIFT_DAYS = 40177
@@ -111,7 +115,7 @@ class SubjectIdentity:
         return "/".join(parts)
 
 
-def private_folder(config: Config | ConvertConfig) -> Path:
+def private_folder(config: AnyConfig) -> Path:
     """Return the private folder: ``--private-dir``, or ``<OUTPUT_DIR>-private`` beside the output (or release)."""
     if config.private_dir is not None:
         return config.private_dir
@@ -119,7 +123,7 @@ def private_folder(config: Config | ConvertConfig) -> Path:
     return output.parent / f"{output.name}-private"
 
 
-def needs_private_folder(config: Config | ConvertConfig) -> bool:
+def needs_private_folder(config: AnyConfig) -> bool:
     """Return whether this run shifts dates or pseudonymises (and so keeps private state)."""
     return config.pseudonymize or not config.drop_dates
 
@@ -174,6 +178,43 @@ def keyed_identity(key: str, label: str) -> tuple[int, str]:
     )
 
 
+def keyed_uid(key: str, uid: str) -> str:
+    """Return the new UID that ``key`` gives ``uid``: ``2.25.`` and 128 bits of HMAC-SHA256.
+
+    Deterministic for one key, and not recomputable without it.
+
+    >>> new = keyed_uid("secret", "1.2.3.4")
+    >>> new.startswith("2.25."), new == keyed_uid("secret", "1.2.3.4"), new != keyed_uid("other", "1.2.3.4")
+    (True, True, True)
+    >>> len(new) <= 64
+    True
+    """
+    return f"{UID_ROOT}{_keyed_number(key, 'dicom-uid', uid)}"
+
+
+def uid_key(config: AnyConfig) -> str:
+    """Return the secret new DICOM UIDs are keyed with: ``--date-shift-key``, or one kept in the private folder.
+
+    Without a key, a random one is created once (atomically) in the private folder, so
+    re-runs into the same private folder give the same UIDs.
+    """
+    if config.date_shift_key is not None:
+        return config.date_shift_key
+    path = prepare_private_folder(config) / UID_KEY_FILE
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        temp.write_text(secrets.token_hex(32) + "\n")
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if not key:
+        raise PrivateStateError(f"{path}: the UID key is empty")
+    return key
+
+
 def _session_pseudonym(key: str | None, label: str, session: str, taken: set[str]) -> str:
     if key is not None:
         return _pseudonym(_keyed_number(key, "session", label, session), SESSION_PSEUDONYM_CHARS)
@@ -226,7 +267,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def prepare_private_folder(config: Config | ConvertConfig) -> Path:
+def prepare_private_folder(config: AnyConfig) -> Path:
     """Create the private folder with its README; return it."""
     private = private_folder(config)
     (private / "subjects").mkdir(parents=True, exist_ok=True)
@@ -236,7 +277,7 @@ def prepare_private_folder(config: Config | ConvertConfig) -> Path:
     return private
 
 
-def resolve_identity(config: Config | ConvertConfig, label: str, sessions: list[str]) -> SubjectIdentity:
+def resolve_identity(config: AnyConfig, label: str, sessions: list[str]) -> SubjectIdentity:
     """Return how subject ``label`` and its ``sessions`` appear in the output.
 
     Reads the subject's private record, creating it (or adding new sessions) when needed.
@@ -276,7 +317,7 @@ def resolve_identity(config: Config | ConvertConfig, label: str, sessions: list[
     return _identity(config, label, record)
 
 
-def known_identity(config: Config | ConvertConfig, label: str) -> SubjectIdentity | None:
+def known_identity(config: AnyConfig, label: str) -> SubjectIdentity | None:
     """Return the identity of a subject already processed, without creating anything (None if unknown)."""
     if not needs_private_folder(config):
         return SubjectIdentity(label, label, None)
@@ -284,7 +325,7 @@ def known_identity(config: Config | ConvertConfig, label: str) -> SubjectIdentit
     return _identity(config, label, _read_record(path)) if path.is_file() else None
 
 
-def _identity(config: Config | ConvertConfig, label: str, record: dict[str, Any]) -> SubjectIdentity:
+def _identity(config: AnyConfig, label: str, record: dict[str, Any]) -> SubjectIdentity:
     return SubjectIdentity(
         label=label,
         output_label=record["pseudonym"] if config.pseudonymize else label,

@@ -41,7 +41,7 @@ from .identity import (
     resolve_identity,
 )
 from .images import CtIntensities, Scan, brain_threshold, ct_intensities, foreground_threshold, load_scan
-from .masks import scan_masks, with_brain_protected
+from .masks import ScanMasks, scan_masks, with_brain_protected
 from .metadata import (
     participants_plan,
     write_dataset_scrub_record,
@@ -130,15 +130,17 @@ class ScanOutcome:
     kept: str = ""
 
 
-class _Timer:
+class StageTimer:
     """Wall seconds of each stage (:data:`bidsdeface.outputs.STAGES`) of one scan, in the order they ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        self.stages = stages
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if name not in STAGES:
+        """Time the ``with`` block as stage ``name``."""
+        if name not in self.stages:
             raise ValueError(f"{name}: not a stage")
         started = time.perf_counter()
         try:
@@ -236,6 +238,7 @@ class DefacedScan:
     brain: BrainExtraction | None
     result: DefaceResult
     quality: ScanQc
+    masks: ScanMasks
 
 
 def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> ScanOutcome:
@@ -262,7 +265,7 @@ def process_scan(job: ScanJob, config: Config, identity: SubjectIdentity) -> Sca
     outputs = OutputPaths.for_job(config, job, identity)
     if outputs.complete() and not config.overwrite:
         return ScanOutcome(shown, "skipped", "already defaced (use --overwrite to redo)")
-    timer = _Timer()
+    timer = StageTimer()
     try:
         defaced = deface_scan(job, config, outputs.skull_stripped, timer)
         with staged_files() as staged:
@@ -301,7 +304,7 @@ def load_inputs(job: ScanJob, config: Config) -> LoadedScan:
     return LoadedScan(metadata, scan, template, ct, anatomical)
 
 
-def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) -> DefacedScan:
+def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: StageTimer) -> DefacedScan:
     """Run the computing stages on one scan, each timed: load, register, masks, [skull-strip], deface, QC.
 
     The registration's transform files live in a scratch folder (``--work-dir``) for
@@ -309,10 +312,17 @@ def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) 
     """
     with timer.stage("load"):
         loaded = load_inputs(job, config)
+    return deface_loaded(loaded, config, skull_strip, timer, brain_only=job.suffix == "pet")
+
+
+def deface_loaded(
+    loaded: LoadedScan, config: Config, skull_strip: bool, timer: StageTimer, brain_only: bool = False
+) -> DefacedScan:
+    """Run the computing stages after loading: register, masks, [skull-strip], deface, QC (``brain_only``: PET)."""
     scan, template, ct = loaded.scan, loaded.template, loaded.ct
     with tempfile.TemporaryDirectory(prefix="bidsdeface-", dir=config.work_dir) as scratch:
         with timer.stage("register"):
-            registration = _register(loaded, config, Path(scratch), job.suffix == "pet")
+            registration = _register(loaded, config, Path(scratch), brain_only)
         with timer.stage("masks"):
             threshold = foreground_threshold(scan.reference) if ct is None else ct.head_threshold
             masks = scan_masks(scan, template, registration, config.brain_margin_mm, threshold, config.omp_nthreads)
@@ -337,7 +347,7 @@ def deface_scan(job: ScanJob, config: Config, skull_strip: bool, timer: _Timer) 
                 remove_ears=config.remove_ears,
                 processes=config.omp_nthreads,
             )
-    return DefacedScan(loaded, registration, brain, result, quality)
+    return DefacedScan(loaded, registration, brain, result, quality, masks)
 
 
 def scan_content(

@@ -422,3 +422,51 @@ def _read_privacy_report(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return content if isinstance(content, dict) else None
+
+
+DICOM_REPORT = "report.html"
+
+
+def _dicom_series_section(record: dict[str, Any], folder: str, output_dir: Path) -> str:
+    name = record["Series"].replace("/", "_")
+    figures = "".join(
+        f'<figure><img src="{html.escape(path)}"{shown_width(output_dir / path)} alt="{kind} of {html.escape(name)}">'
+        f"<figcaption>{html.escape(FIGURE_CAPTIONS[kind])}</figcaption></figure>"
+        for kind, path in (("Render", f"{folder}/{name}_render.png"), ("Mosaic", f"{folder}/{name}_mosaic.png"))
+        if (output_dir / path).is_file()
+    )
+    checks = {
+        check: ("PASS" if r["passed"] else "FAIL") + f": {r['detail']}"
+        for check, r in (record["SelfCheck"] or {}).items()
+    }
+    seconds = {k: f"{v:.1f}" for k, v in record.get("Seconds", {}).items()}
+    return (
+        f'<h2 id="{html.escape(name)}">{html.escape(record["Series"])} {_badge(record["Status"])} '
+        f"{html.escape(record['Decision'])}</h2>\n{_list(record.get('Reasons', []))}\n"
+        f'<div class="figures">{figures}</div>\n'
+        f'<div class="figures">{_table("self-check", checks)}{_table("header actions", record["HeaderActions"])}'
+        f"{_table('removed: no safe cleaning', record['RemovedNotCleanable'])}"
+        f"{_table('metrics', record['Metrics'])}{_table('seconds', seconds)}</div>\n"
+    )
+
+
+def write_dicom_report(output_dir: Path, qc_folder: str, table: Any) -> Path:
+    """Write the DICOM export's ``report.html``: every series found, then each exported or withheld one's QC."""
+    records = []
+    for path in sorted((output_dir / qc_folder).glob("*_qc.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    records.sort(key=lambda r: (STATUS_ORDER.index(r["Status"]), r["Series"]))
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    body = (
+        f"<p>{len(table.rows)} series found in this run; {len(records)} QC record(s): {_counts(records)}. "
+        "Failed and flagged series come first.</p>\n"
+        f"<table><tr>{header}</tr>{rows}</table>\n"
+        + "".join(_dicom_series_section(record, qc_folder, output_dir) for record in records)
+    )
+    path = output_dir / DICOM_REPORT
+    write_bytes_atomic(path, _page("bidsdeface-dicom: export report", body))
+    return path

@@ -418,14 +418,52 @@ def confidentiality_profile() -> dict[str, dict[str, str]]:
     """
     from pydicom.datadict import keyword_for_tag
 
-    folder, name = CONFIDENTIALITY_PROFILE
-    rows = json.loads(resources.files("bidsdeface").joinpath(folder, name).read_text(encoding="utf-8"))
     table: dict[str, dict[str, str]] = {}
-    for row in rows:
+    for row in _profile_rows():
         tag = row["id"].replace("xx", "00", 1)
         if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
             continue
         keyword = keyword_for_tag(int(tag, 16))
         if keyword:
-            table[keyword] = {key: value for key, value in row.items() if key.endswith(("Profile", "Opt"))}
+            table[keyword] = _actions(row)
     return table
+
+
+def _profile_rows() -> list[dict[str, str]]:
+    folder, name = CONFIDENTIALITY_PROFILE
+    return json.loads(resources.files("bidsdeface").joinpath(folder, name).read_text(encoding="utf-8"))
+
+
+def _actions(row: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in row.items() if key.endswith(("Profile", "Opt"))}
+
+
+@lru_cache(maxsize=1)
+def confidentiality_rules() -> dict[int, dict[str, str]]:
+    """Return DICOM PS3.15 Table E.1-1 by tag: the Basic Profile's action and each option's.
+
+    Only rows naming one tag; repeating groups (curves ``50xx``, overlays ``60xx``) and
+    private attributes are rows of ranges, handled by whoever applies the table.
+
+    >>> rules = confidentiality_rules()
+    >>> rules[0x00100010]["basicProfile"], rules[0x00081140]["basicProfile"], len(rules) > 600
+    ('Z', 'X/Z/U*', True)
+    """
+    return {int(row["id"], 16): _actions(row) for row in _profile_rows() if re.fullmatch(r"[0-9a-fA-F]{8}", row["id"])}
+
+
+ATTRIBUTE_TYPES = ("dicom_standard", "attribute_types.json")
+
+
+@lru_cache(maxsize=1)
+def attribute_types() -> dict[str, dict[str, str]]:
+    """Return, by SOP Class UID, the IOD type of each top-level attribute Table E.1-1 gives a choice of actions.
+
+    Bundled for the images bidsdeface exports (``scripts/build_dicom_types.py`` writes it from
+    highdicom's machine-readable module tables; see ``bidsdeface/dicom_standard/SOURCE.md``).
+
+    >>> attribute_types()["1.2.840.10008.5.1.4.1.1.4"]["InstitutionName"]
+    '3'
+    """
+    folder, name = ATTRIBUTE_TYPES
+    return json.loads(resources.files("bidsdeface").joinpath(folder, name).read_text(encoding="utf-8"))["types"]

@@ -550,3 +550,11 @@ def transform_file(path: Path, translation_mm: tuple[float, float, float] = (0.0
     transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, translation=translation_mm)
     ants.write_transform(transform, str(path))
     return (str(path),)
+
+
+def one_line_error(captured: pytest.CaptureFixture[str]) -> str:
+    """Return the one ERROR line a command logged (and check it carries no traceback)."""
+    errors = [line for line in captured.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert "Traceback" not in errors[0]
+    return errors[0]

@@ -125,12 +125,14 @@ def _dicom_value(vr: str, keyword: str, mark: Markers) -> str:
     return forms[0]
 
 
-def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
+def plant_dicom_markers(source: Path, target: Path, mark: Markers, times_kept: bool = False) -> int:
     """Copy a DICOM series with a unique marker in every PS3.15 Basic Profile attribute.
 
     Text attributes get ``LEAKnnnQ`` markers; dates, times, UIDs, ages and decimals get
     unique valid values; sequences get an item whose code meaning is a marker. File and
-    folder names carry markers too. Returns the number of attributes planted.
+    folder names carry markers too. Returns the number of attributes planted. With
+    ``times_kept`` (DICOM output, whose shifted dates keep every time of day) all times
+    get :data:`KEPT_CLOCK_TIME`.
     """
     import pydicom
     from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -149,7 +151,7 @@ def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
             item.CodeValue, item.CodingSchemeDesignator = "X1", "99LEAK"
             item.CodeMeaning = mark(f"DICOM {keyword} item")
             values[tag] = (vr, [item])
-        elif vr == "TM" and keyword in CLOCK_KEYS:
+        elif vr == "TM" and (times_kept or keyword in CLOCK_KEYS):
             values[tag] = (vr, KEPT_CLOCK_TIME)  # dates move by whole days: times of day are kept
         elif vr in ("PN", "LO", "SH", "LT", "ST", "UT", "CS", "AE", "DA", "TM", "DT", "UI", "DS", "AS"):
             values[tag] = (vr, _dicom_value(vr, keyword, mark))
@@ -165,3 +167,36 @@ def plant_dicom_markers(source: Path, target: Path, mark: Markers) -> int:
             dataset.add_new(tag, vr, value)
         dataset.save_as(folder / f"{name_marker}_{index:04d}.dcm")
     return len(values)
+
+
+def plant_nested_markers(folder: Path, mark: Markers) -> None:
+    """Add markers where a header-only scrub would miss them, in every DICOM file below ``folder``.
+
+    A private block (its creator name is a marker too) with text and numbers; an item of a
+    sequence the profile keeps (AnatomicRegionSequence) holding identifying attributes, a
+    UID and a private attribute; and identifiers inside the items of a sequence whose UIDs
+    the profile replaces (ReferencedImageSequence).
+    """
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    creator, text, nested = mark("DICOM private creator"), mark("DICOM private text"), mark("DICOM nested name")
+    institution, nested_private = mark("DICOM nested institution"), mark("DICOM nested private")
+    referenced = mark("DICOM referenced item name")
+    nested_uid = _dicom_value("UI", "nested ReferencedSOPInstanceUID", mark)
+    for path in sorted(folder.rglob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        block = dataset.private_block(0x0019, creator, create=True)
+        block.add_new(0x10, "LO", text)
+        block.add_new(0x11, "DS", "1.25")
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "T-A0100", "SRT", "Brain"
+        item.PatientName, item.InstitutionName, item.ReferencedSOPInstanceUID = nested, institution, nested_uid
+        item.private_block(0x0029, "NESTEDCREATOR", create=True).add_new(0x10, "LO", nested_private)
+        dataset.AnatomicRegionSequence = [item]
+        for reference in dataset.get("ReferencedImageSequence", []):
+            reference.PatientID = referenced
+        for frame in dataset.get("PerFrameFunctionalGroupsSequence", []):  # enhanced multi-frame objects
+            frame.private_block(0x0021, creator, create=True).add_new(0x10, "LO", nested_private)
+            frame.FrameContentSequence[0].FrameComments = institution
+        dataset.save_as(path)

@@ -19,7 +19,7 @@ from bidsdeface.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_OK, EXIT_USAGE, Too
 from bidsdeface.files import Table
 from bidsdeface.policy import CLOCK_KEYS, MODALITY_SIDECAR_KEYS, identifying_keys
 
-from .conftest import DICOM_SERIES, SHARED, needs_shared, run_validator, tree_digest
+from .conftest import DICOM_SERIES, SHARED, needs_shared, one_line_error, run_validator, tree_digest
 
 EXPECTED = {
     "trio": ("anat/sub-trio_T1w.nii.gz", "T1w: series description and echo/repetition/inversion times agree"),
@@ -38,13 +38,6 @@ def _report(folder: Path) -> list[dict[str, str]]:
 def _copy(series: str, target: Path) -> Path:
     shutil.copytree(SHARED / DICOM_SERIES[series], target)
     return target
-
-
-def _one_line_error(captured: pytest.CaptureFixture[str]) -> str:
-    errors = [line for line in captured.readouterr().err.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, errors
-    assert "Traceback" not in errors[0]
-    return errors[0]
 
 
 @needs_shared
@@ -108,7 +101,7 @@ def test_mixed_patients_refused_then_mapped(tmp_path: Path, capfd: pytest.Captur
     before = tree_digest(mixed)
     bids = tmp_path / "bids"
     assert convert_main([str(mixed), str(bids), "--participant-label", "01"]) == EXIT_USAGE
-    error = _one_line_error(capfd)
+    error = one_line_error(capfd)
     assert "2 patients" in error and "--write-map" in error and "--map" in error
     assert not any(name in error for name in PATIENT_NAMES)
     assert not bids.exists() or not any(bids.iterdir())
@@ -211,7 +204,7 @@ def test_unusable_folders_give_one_line_errors(
     folder.mkdir()
     make(folder)
     assert convert_main([str(folder), str(tmp_path / "bids"), "--participant-label", "01"]) == EXIT_NO_INPUT
-    assert message in _one_line_error(capfd)
+    assert message in one_line_error(capfd)
 
 
 @needs_shared
@@ -220,7 +213,7 @@ def test_one_patient_two_studies_needs_a_mapping(tmp_path: Path, capfd: pytest.C
     _copy("prismaHFS", export / "supine")
     _copy("prismaHFP", export / "prone")
     assert convert_main([str(export), str(tmp_path / "bids"), "--participant-label", "01"]) == EXIT_USAGE
-    assert "2 studies of one patient" in _one_line_error(capfd)
+    assert "2 studies of one patient" in one_line_error(capfd)
 
 
 def _variant(source: Path, target: Path, number: int, **attributes: object) -> None:

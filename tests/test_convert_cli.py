@@ -11,14 +11,7 @@ from bidsdeface.config import DATE_SHIFT_KEY_ENV
 from bidsdeface.convert_cli import build_parser, config_from_args, main
 from bidsdeface.errors import EXIT_USAGE, UsageError
 
-from .conftest import SHARED, needs_shared
-
-
-def _one_line_error(captured: pytest.CaptureFixture[str]) -> str:
-    errors = [line for line in captured.readouterr().err.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, errors
-    assert "Traceback" not in errors[0]
-    return errors[0]
+from .conftest import SHARED, needs_shared, one_line_error
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +64,7 @@ def test_usage_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str], args: l
     with pytest.raises(UsageError):
         config_from_args(build_parser().parse_args(["dicom", "bids", *args]))
     assert main([str(tmp_path / "dicom"), str(tmp_path / "bids"), *args]) == EXIT_USAGE
-    assert message in _one_line_error(capfd)
+    assert message in one_line_error(capfd)
     assert not list(tmp_path.iterdir())
 
 

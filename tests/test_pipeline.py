@@ -17,7 +17,7 @@ from bidsdeface.discover import ScanJob, read_metadata
 from bidsdeface.errors import EXIT_DATA, ScanError
 from bidsdeface.identity import SubjectIdentity
 from bidsdeface.outputs import STAGES
-from bidsdeface.pipeline import _hide_input_names, _Timer, failure_cause
+from bidsdeface.pipeline import StageTimer, _hide_input_names, failure_cause
 
 from .conftest import make_dataset, needs_shared, shared_file, tree_digest
 
@@ -222,7 +222,7 @@ def test_stages_run_in_order_each_timed(qc_fail_runs: dict) -> None:
 
 
 def test_only_known_stages_are_timed() -> None:
-    timer = _Timer()
+    timer = StageTimer()
     with timer.stage("load"):
         pass
     with pytest.raises(ValueError, match="not a stage"), timer.stage("upload"):

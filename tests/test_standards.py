@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 import pytest
@@ -20,6 +21,8 @@ from bidsdeface.standards import (
     sidecar_fields,
     standard_fit,
 )
+
+from .conftest import REPO
 
 
 def test_every_allowed_sidecar_key_with_a_bids_definition_is_checked_against_it() -> None:
@@ -130,3 +133,14 @@ def test_the_confidentiality_profile_is_the_bundled_table_with_its_provenance() 
     source = folder.joinpath("SOURCE.md").read_text()
     assert "7f4749d09ed3ef2fa70637d376d423a4b13523cd" in source and "2024e" in source
     assert "Innolitics" in folder.joinpath("LICENSE.txt").read_text()
+
+
+def test_bundled_attribute_types_are_what_the_build_script_derives() -> None:
+    pytest.importorskip("highdicom")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_dicom_types", REPO / "scripts" / "build_dicom_types.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bundled = json.loads((REPO / "bidsdeface" / "dicom_standard" / "attribute_types.json").read_text())
+    assert module.build() == bundled
