@@ -618,6 +618,20 @@ def markdown_table(results: Sequence[Result], peer: bool = False) -> str:
     return "\n".join(lines + (["", *failures] if failures else [])) + "\n"
 
 
+def simple_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Return a markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def print_report(lines: Sequence[str], omp_nthreads: int, load_at_start: float, output: Path | None) -> int:
+    """Print the lines and the environment line (and write them to ``output``); return 0."""
+    text = "\n".join(lines) + "\n\n" + environment_line(omp_nthreads, load_at_start) + "\n"
+    print(text)
+    if output is not None:
+        output.write_text(text)
+    return 0
+
+
 def tsv_table(results: Sequence[Result], peer: bool = False) -> str:
     """Return the results as TSV (one header line)."""
     lines = ["\t".join(columns(peer))] + ["\t".join(row) for row in table_rows(results, peer)]

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmark import DEFAULT_SHARED, environment_line, run_child
+from benchmark import DEFAULT_SHARED, print_report, run_child, simple_table
 
 SERIES = {
     "trio": "dicom_mri_t1w_siemens_trio_mprage",
@@ -71,13 +71,8 @@ def main() -> int:
         for name in args.series:
             rows.append(measure(name, args.shared / SERIES[name], Path(scratch) / name, args.omp_nthreads))
             print(" | ".join(rows[-1]), file=sys.stderr)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    text = "\n".join(lines) + "\n\n" + environment_line(args.omp_nthreads, load) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
-    return 0
+    lines = simple_table(header, rows)
+    return print_report(lines, args.omp_nthreads, load, args.output)
 
 
 if __name__ == "__main__":

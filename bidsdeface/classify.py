@@ -55,7 +55,7 @@ class SeriesHeader:
     repetition_time: float | None = None
     inversion_time: float | None = None
     body_part: str = ""
-    burned_in_annotation: bool = False
+    burned_in_annotation: str = ""
     text: str = ""
 
 
@@ -159,7 +159,7 @@ def classify_series(header: SeriesHeader) -> Decision:
         return Decision("", "structured or dose report, not an image")
     if modality not in IMAGE_MODALITIES:
         return Decision("", f"modality {modality or 'missing'} is not MR, CT or PET")
-    if header.burned_in_annotation:
+    if header.burned_in_annotation.strip().upper() == "YES":
         return Decision("", "burned-in annotation (BurnedInAnnotation YES)")
     if "LOCALIZER" in image_type:
         return Decision("", "localizer or scout (ImageType LOCALIZER)")

@@ -131,6 +131,17 @@ SCRUB_DESCRIPTION = (
 )
 
 
+def _add_pixel_text_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--clean-pixel-text`` (shared by ``bidsdeface-convert`` and ``bidsdeface-dicom``)."""
+    parser.add_argument(
+        "--clean-pixel-text",
+        action="store_true",
+        help="burned-in text is looked for in the pixels of every series (every instance of a series whose "
+        "BurnedInAnnotation is set and not NO, else a sample; every instance once text is found); a series with "
+        "text is skipped, or with this flag has every text box filled with background",
+    )
+
+
 def _add_scrub_options(parser: argparse.ArgumentParser, pseudonymize: bool) -> None:
     """Add the metadata scrubbing options (shared by ``bidsdeface`` and ``bidsdeface-convert``)."""
     scrub = parser.add_argument_group("metadata scrubbing", SCRUB_DESCRIPTION)

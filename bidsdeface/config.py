@@ -215,6 +215,8 @@ class ConvertConfig:
         As in :class:`Config`: the same scrub rules and per-subject date offsets.
     work_dir : Path or None
         Scratch folder; a temporary folder when None.
+    clean_pixel_text : bool
+        Fill burned-in text found in the pixels with background instead of skipping the series.
     """
 
     dicom_dir: Path
@@ -229,6 +231,7 @@ class ConvertConfig:
     private_dir: Path | None = None
     work_dir: Path | None = None
     pseudonymize: bool = False
+    clean_pixel_text: bool = False
 
     def __post_init__(self) -> None:
         if self.pseudonymize:
@@ -290,6 +293,9 @@ class DicomOutConfig:
         Redo series already exported.
     date_shift_key, private_dir, work_dir :
         As in :class:`Config`; the key also keys the new UIDs.
+    clean_pixel_text : bool
+        Fill burned-in text found in the pixels with background (Clean Pixel Data, 113101)
+        instead of not exporting the series.
     """
 
     dicom_dir: Path
@@ -303,6 +309,7 @@ class DicomOutConfig:
     date_shift_key: str | None = field(default=None, repr=False)
     private_dir: Path | None = None
     work_dir: Path | None = None
+    clean_pixel_text: bool = False
 
     pseudonymize = True  # patient IDs and names always become pseudonyms
 

@@ -10,6 +10,7 @@ decision and reason, and no identifying value.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -24,11 +25,12 @@ import nibabel as nib
 from . import __version__
 from .bidsnames import BIDS_VERSION, clean_label, join_bids_name
 from .classify import Decision, classify_series, decide_with_guess
-from .config import ConvertConfig
+from .config import ConvertConfig, usable_cores
 from .dicom import Inventory, Series, scan_dicom_folder
 from .errors import NoFilesError, NoInputError, OutputError, ScanError, ToolError, UsageError
 from .files import MISSING, TEMP_PREFIX, Table, read_json_object, write_bytes_atomic, write_json_atomic
 from .identity import private_folder, resolve_identity
+from .pixeltext import TextFinding, cleaned_volume, find_series_text, may_carry_text
 from .scrub import scrub_modality, scrub_nifti_header, scrub_sidecar, shift_clock_text
 from .tools import run
 
@@ -131,6 +133,8 @@ class ConvertedSeries:
         dcm2niix's sidecar, not yet scrubbed.
     note : str
         What dcm2niix corrected (gantry tilt, slice spacing), or ``""``.
+    text : TextFinding or None
+        Burned-in text found in the pixels (to be filled with background), or None.
     """
 
     series: Series
@@ -138,6 +142,7 @@ class ConvertedSeries:
     image: Path
     sidecar: dict[str, Any]
     note: str
+    text: TextFinding | None = None
 
 
 class SeriesNotConverted(Exception):
@@ -380,7 +385,10 @@ def _write_image(item: ConvertedSeries, relpath: str, stage: Path, config: Conve
     """Write one scrubbed image and sidecar below ``stage``."""
     modality = scrub_modality(item.decision.suffix, item.decision.datatype)
     clean, _ = scrub_sidecar(item.sidecar, modality, config.scrub_policy, offset)
-    image, _ = scrub_nifti_header(nib.load(item.image))
+    source = nib.load(item.image)
+    if item.text is not None:
+        source = cleaned_volume(source, item.series.files, item.text)
+    image, _ = scrub_nifti_header(source)
     path = stage / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, path)
@@ -391,6 +399,22 @@ def _acq_time(series: Series, offset: Any) -> str:
     if series.acquired is None or offset is None:
         return MISSING
     return shift_clock_text(series.acquired.strftime("%Y-%m-%dT%H:%M:%S"), offset) or MISSING
+
+
+def screen_pixel_text(series: Series, clean: bool, threads: int | None = None) -> TextFinding:
+    """Look for burned-in text in a series' pixels (:mod:`bidsdeface.pixeltext`); return what was found.
+
+    Raises
+    ------
+    SeriesNotConverted
+        Text was found and ``clean`` is off: the series is skipped, with counts as the reason.
+    """
+    every = may_carry_text(series.header.burned_in_annotation)
+    finding = find_series_text(series.files, every, threads or usable_cores())
+    log.debug("series %d: pixel text check of %d frame(s) took %.1f s", series.number, finding.checked, finding.seconds)
+    if finding.found and not clean:
+        raise _refused(series, "skipped", f"{finding.describe()} (--clean-pixel-text fills it instead)")
+    return finding
 
 
 def convert_target(config: ConvertConfig, target: Target, members: list[Series], scratch: Path) -> list[SeriesOutcome]:
@@ -405,7 +429,9 @@ def convert_target(config: ConvertConfig, target: Target, members: list[Series],
             outcomes[series.uid] = outcome_of(series, "failed", "; ".join(series.problems))
         else:
             try:
-                converted.append(convert_series(series, decision, scratch / uuid.uuid4().hex))
+                text = screen_pixel_text(series, config.clean_pixel_text)
+                item = convert_series(series, decision, scratch / uuid.uuid4().hex)
+                converted.append(dataclasses.replace(item, text=text if text.found else None))
             except SeriesNotConverted as refused:
                 outcomes[series.uid] = refused.outcome
     converted.sort(key=lambda c: (c.decision.suffix, c.series.number, c.series.uid))
@@ -447,6 +473,7 @@ def _write_target(
                 outcomes[series.uid] = outcome_of(series, "failed", str(exc))
                 continue
             reason = item.decision.reason + (f"; {item.note}" if item.note else "")
+            reason += f"; {item.text.describe()}, filled with background" if item.text is not None else ""
             outcomes[series.uid] = outcome_of(series, "converted", reason, relpath)
             scans.append((relpath.removeprefix(f"{target.relpath}/"), _acq_time(series, offset)))
         if scans:

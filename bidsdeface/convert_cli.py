@@ -15,7 +15,15 @@ from typing import Any
 
 from . import __version__
 from .bidsnames import clean_label
-from .cli import _add_scrub_options, _configure_logging, _guarded, _HelpFormatter, _Parser, _scrub_settings
+from .cli import (
+    _add_pixel_text_option,
+    _add_scrub_options,
+    _configure_logging,
+    _guarded,
+    _HelpFormatter,
+    _Parser,
+    _scrub_settings,
+)
 from .config import ConvertConfig
 from .errors import EXIT_DATA, EXIT_OK, UsageError, sigterm_raises
 
@@ -48,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace subjects or sessions already converted")
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
     _add_scrub_options(parser, pseudonymize=False)
+    _add_pixel_text_option(parser)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug output and tracebacks")
     parser.add_argument("--version", action="version", version=f"bidsdeface-convert {__version__}")
     return parser
@@ -117,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> ConvertConfig:
         output_dir=args.bids_dir.absolute(),
         **who_settings(args),
         overwrite=args.overwrite,
+        clean_pixel_text=args.clean_pixel_text,
         work_dir=None if args.work_dir is None else args.work_dir.absolute(),
         **_scrub_settings(args),
     )

@@ -61,6 +61,7 @@ OPTION_CODES = {
     "safe_private": "RetainSafePrivateOption",
 }
 BASE_CODES = ("BasicApplicationConfidentialityProfile", "CleanRecognizableVisualFeaturesOption")
+CLEAN_PIXEL_DATA = "CleanPixelDataOption"
 
 
 @dataclass(frozen=True)
@@ -155,12 +156,18 @@ def resolve_action(
     return next(action for action in (("X", "Z", "D") if sequence else ("D", "Z", "X")) if action in basic)
 
 
-def deidentify_header(dataset: Any, options: ProfileOptions, replacements: Replacements) -> HeaderReport:
-    """De-identify ``dataset`` in place (file meta rebuilt, identity attributes set); return what was done."""
+def deidentify_header(
+    dataset: Any, options: ProfileOptions, replacements: Replacements, pixels_cleaned: bool = False
+) -> HeaderReport:
+    """De-identify ``dataset`` in place (file meta rebuilt, identity attributes set); return what was done.
+
+    ``pixels_cleaned``: burned-in text was looked for in every instance and filled (Clean Pixel
+    Data, 113101; BurnedInAnnotation NO).
+    """
     report = HeaderReport()
     kinds = attribute_types().get(str(dataset.get("SOPClassUID", "")))
     _deidentify(dataset, options, replacements, report, _safe_private(options.safe_private), kinds)
-    _mark_deidentified(dataset, options, replacements)
+    _mark_deidentified(dataset, options, replacements, pixels_cleaned)
     _rebuild_file_meta(dataset)
     return report
 
@@ -338,16 +345,21 @@ def _cleaned(element: Any, keyword: str, who: Replacements, descriptor: bool) ->
     return False
 
 
-def deidentification_codes(options: ProfileOptions) -> list[Any]:
+def deidentification_codes(options: ProfileOptions, pixels_cleaned: bool = False) -> list[Any]:
     """Return the DeidentificationMethodCodeSequence items (CID 7050, from pydicom's code dictionary).
 
     >>> [item.CodeValue for item in deidentification_codes(ProfileOptions())]
     ['113100', '113102', '113107']
+    >>> [item.CodeValue for item in deidentification_codes(ProfileOptions(), pixels_cleaned=True)][1]
+    '113101'
     """
     from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
-    names = list(BASE_CODES) + [code for name, code in OPTION_CODES.items() if getattr(options, name)]
+    cleaned = [CLEAN_PIXEL_DATA] if pixels_cleaned else []
+    names = [BASE_CODES[0], *cleaned, *BASE_CODES[1:]] + [
+        code for name, code in OPTION_CODES.items() if getattr(options, name)
+    ]
     items = []
     for name in names:
         code = getattr(codes.DCM, name)
@@ -364,12 +376,14 @@ def method_description(options: ProfileOptions) -> list[str]:
     return [text[:64] for text in described]
 
 
-def _mark_deidentified(dataset: Any, options: ProfileOptions, who: Replacements) -> None:
+def _mark_deidentified(dataset: Any, options: ProfileOptions, who: Replacements, pixels_cleaned: bool) -> None:
     dataset.PatientName = who.pseudonym
     dataset.PatientID = who.pseudonym
     dataset.PatientIdentityRemoved = "YES"
     dataset.DeidentificationMethod = method_description(options)
-    dataset.DeidentificationMethodCodeSequence = deidentification_codes(options)
+    dataset.DeidentificationMethodCodeSequence = deidentification_codes(options, pixels_cleaned)
+    if pixels_cleaned:
+        dataset.BurnedInAnnotation = "NO"
     dataset.LongitudinalTemporalInformationModified = "MODIFIED" if options.modified_dates else "REMOVED"
     dataset.RecognizableVisualFeatures = "NO"
 

@@ -222,7 +222,7 @@ def missing_slice_gaps(positions: list[float]) -> int:
 
 def _new_series(dataset: Any) -> Series:
     modality = _text(dataset, "Modality").upper()
-    burned = _text(dataset, "BurnedInAnnotation").upper() == "YES"
+    burned = _text(dataset, "BurnedInAnnotation").upper()
     kind = _text(dataset, "MRAcquisitionType") if modality == "MR" else _text(dataset, "ConvolutionKernel")
     return Series(
         uid=_text(dataset, "SeriesInstanceUID"),
@@ -313,3 +313,90 @@ def _geometry_problems(series: Series) -> list[str]:
         if gaps:
             problems.append(f"missing slices ({gaps} gap(s) in the slice positions)")
     return problems
+
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class FramePlane:
+    """Where one frame's pixels are, and how its stored values become real ones.
+
+    Attributes
+    ----------
+    position : numpy.ndarray
+        Patient-space (LPS, mm) centre of the first pixel.
+    along_row, along_column : numpy.ndarray
+        LPS mm moved by one column index and by one row index.
+    slope, intercept : float
+        Real value = stored * slope + intercept.
+    """
+
+    position: np.ndarray
+    along_row: np.ndarray
+    along_column: np.ndarray
+    slope: float
+    intercept: float
+
+
+def _first(dataset: Any, *path: str) -> Any:
+    """Return ``dataset.path[0]...`` or None when any step is missing."""
+    node = dataset
+    for step in path:
+        value = getattr(node, step, None) if node is not None else None
+        if value is None:
+            return None
+        node = value[0] if step.endswith("Sequence") and len(value) else value
+    return node
+
+
+def _frame_attribute(dataset: Any, frame: Any, sequence: str, keyword: str) -> Any:
+    """Read a functional-group attribute: per-frame, else shared, else top level."""
+    shared = _first(dataset, "SharedFunctionalGroupsSequence")
+    for source in (frame, shared):
+        value = _first(source, sequence, keyword) if source is not None else None
+        if value is not None:
+            return value
+    return getattr(dataset, keyword, None)
+
+
+def frame_planes(dataset: Any) -> list[FramePlane]:
+    """Return the plane of each frame (one for a classic image).
+
+    Raises
+    ------
+    ValueError
+        A frame has no position, orientation or pixel spacing.
+    """
+    frames = getattr(dataset, "PerFrameFunctionalGroupsSequence", None) or [None]
+    planes = []
+    for frame in frames:
+        position = _frame_attribute(dataset, frame, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _frame_attribute(dataset, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = _frame_attribute(dataset, frame, "PixelMeasuresSequence", "PixelSpacing")
+        slope = _frame_attribute(dataset, frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _frame_attribute(dataset, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        if position is None or orientation is None or spacing is None:
+            raise ValueError("a frame has no image position, orientation or pixel spacing")
+        cosines = np.asarray(orientation, dtype=float)
+        between_rows, between_columns = (float(s) for s in spacing)
+        planes.append(
+            FramePlane(
+                position=np.asarray(position, dtype=float),
+                along_row=cosines[:3] * between_columns,
+                along_column=cosines[3:] * between_rows,
+                slope=float(slope if slope not in (None, "") else 1.0),
+                intercept=float(intercept if intercept not in (None, "") else 0.0),
+            )
+        )
+    return planes
+
+
+def frame_voxels(plane: FramePlane, rows: int, columns: int, affine: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Return the nearest voxel index (i, j, k arrays of shape rows x columns) of every pixel of a frame."""
+    row_index, column_index = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
+    lps = plane.position + column_index[..., None] * plane.along_row + row_index[..., None] * plane.along_column
+    ras = lps @ LPS_TO_RAS.T
+    to_voxel = np.linalg.inv(affine)
+    voxels = ras @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+    return tuple(np.rint(voxels[..., axis]).astype(np.int64) for axis in range(3))

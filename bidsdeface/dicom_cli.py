@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .cli import (
     _add_defacing_options,
+    _add_pixel_text_option,
     _configure_logging,
     _guarded,
     _HelpFormatter,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="folder the de-identified DICOM is written to")
     _add_who_options(parser, write_map=False)
     _add_profile_options(parser)
+    _add_pixel_text_option(parser)
     _add_defacing_options(parser)
     parser.add_argument("--omp-nthreads", type=_positive_int, default=2, help="cores per series")
     parser.add_argument("-w", "--work-dir", type=Path, default=None, help="scratch folder (default: system temp)")
@@ -148,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> DicomOutConfig:
         profile=profile,
         deface=deface,
         overwrite=args.overwrite,
+        clean_pixel_text=args.clean_pixel_text,
         date_shift_key=args.date_shift_key or os.environ.get(DATE_SHIFT_KEY_ENV) or None,
         private_dir=None if args.private_dir is None else args.private_dir.absolute(),
         work_dir=work_dir,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from . import __version__
@@ -36,6 +37,7 @@ from .convert import (
     move_into_place,
     outcome_of,
     refuse_nested_folders,
+    screen_pixel_text,
     series_by_target,
 )
 from .deidentify import HeaderReport, Replacements, deidentify_header
@@ -47,13 +49,24 @@ from .files import TEMP_PREFIX, Table, output_lock, write_bytes_atomic, write_js
 from .identity import SubjectIdentity, prepare_private_folder, private_folder, resolve_identity, uid_key
 from .images import ct_intensities, load_scan
 from .pipeline import DefacedScan, LoadedScan, StageTimer, deface_loaded
+from .pixeltext import TextFinding, cleaned_volume, filled
 from .report import write_dicom_report
 from .templates import load_template
 from .volumes import real_values, stored_data
 
 log = logging.getLogger(__name__)
 
-DICOM_STAGES: tuple[str, ...] = ("convert", "load", "register", "masks", "deface", "qc", "write", "selfcheck")
+DICOM_STAGES: tuple[str, ...] = (
+    "pixeltext",
+    "convert",
+    "load",
+    "register",
+    "masks",
+    "deface",
+    "qc",
+    "write",
+    "selfcheck",
+)
 EXPORT_REPORT = "export_report.tsv"
 QC_FOLDER = "qc"
 OUTPUT_README = "README.txt"
@@ -155,7 +168,7 @@ def export_dicom(config: DicomOutConfig) -> list[SeriesExport]:
             identity = resolve_identity(config, target.participant, [target.session] if target.session else [])
             who = Replacements(identity.output_label, identity.date_offset, key)
             for series in members:
-                row, header = export_series(config, target, identity, who, series, Path(scratch))
+                row, header = export_series(config, ExportJob(target, identity, who, series), Path(scratch))
                 rows.append(row)
                 _log_row(f"[{len(rows)}/{total}]", row)
                 _record_mappings(config, series, who, header)
@@ -190,96 +203,101 @@ def _series_folder(identity: SubjectIdentity, target: Target, series: Series, wh
     return f"sub-{identity.output_label}{session}/series-{series.number:03d}-{who.uid(series.uid)[-8:]}"
 
 
-def _row(
-    identity: SubjectIdentity, target: Target, series: Series, decision: str, reason: str, **more: Any
-) -> SeriesExport:
-    session = identity.output_session(target.session) if target.session else ""
-    header = series.header
-    return SeriesExport(identity.output_label, session, series.number, header.modality, len(series.files), decision,
-                        reason, **more)  # fmt: skip
+@dataclass(frozen=True)
+class ExportJob:
+    """One series to export, and who it belongs to (output labels, replacements, output folder)."""
+
+    target: Target
+    identity: SubjectIdentity
+    who: Replacements
+    series: Series
+
+    @property
+    def folder(self) -> str:
+        """The series' output folder (see :func:`_series_folder`)."""
+        return _series_folder(self.identity, self.target, self.series, self.who)
+
+    def row(self, decision: str, reason: str, **more: Any) -> SeriesExport:
+        """Return the series' report row."""
+        session = self.identity.output_session(self.target.session) if self.target.session else ""
+        series = self.series
+        return SeriesExport(self.identity.output_label, session, series.number, series.header.modality,
+                            len(series.files), decision, reason, **more)  # fmt: skip
 
 
-def export_series(
-    config: DicomOutConfig, target: Target, identity: SubjectIdentity, who: Replacements, series: Series, scratch: Path
-) -> tuple[SeriesExport, HeaderReport]:
-    """Classify, deface, de-identify, check and write one series; never raises for bad data."""
+def export_series(config: DicomOutConfig, job: ExportJob, scratch: Path) -> tuple[SeriesExport, HeaderReport]:
+    """Classify, look for pixel text, deface, de-identify, check and write one series; never raises for bad data."""
+    series = job.series
     decision = classify_series(series.header)
-    folder = _series_folder(identity, target, series, who)
     if not decision.kept:
-        return _row(identity, target, series, "skipped", decision.reason), HeaderReport()
+        return job.row("skipped", decision.reason), HeaderReport()
     if series.problems:
-        return _row(identity, target, series, "failed", "; ".join(series.problems)), HeaderReport()
-    if (config.output_dir / folder).is_dir() and not config.overwrite:
-        return _row(
-            identity, target, series, "skipped", "already exported (use --overwrite to redo)", output=folder
-        ), HeaderReport()
+        return job.row("failed", "; ".join(series.problems)), HeaderReport()
+    if (config.output_dir / job.folder).is_dir() and not config.overwrite:
+        return job.row("skipped", "already exported (use --overwrite to redo)", output=job.folder), HeaderReport()
     timer = StageTimer(DICOM_STAGES)
     try:
-        defaced = _defaced_series(config, series, decision, scratch / uuid.uuid4().hex, timer)
+        with timer.stage("pixeltext"):
+            text = screen_pixel_text(series, config.clean_pixel_text, config.defacing.omp_nthreads)
+        text = text if text.found else None
+        defaced = _defaced_series(config, series, decision, scratch / uuid.uuid4().hex, timer, text)
     except SeriesNotConverted as refused:
-        return _row(identity, target, series, refused.outcome.decision, refused.outcome.reason), HeaderReport()
+        return job.row(refused.outcome.decision, refused.outcome.reason, seconds=timer.seconds), HeaderReport()
     except Exception as exc:  # one broken series must not stop the others
         log.debug("series %d: traceback", series.number, exc_info=True)
         reason = str(exc) if isinstance(exc, BidsDefaceError) else f"defacing failed: {type(exc).__name__}"
-        return _row(identity, target, series, "failed", reason, seconds=timer.seconds), HeaderReport()
+        return job.row("failed", reason, seconds=timer.seconds), HeaderReport()
     verdict = defaced.quality.verdict
     if verdict.status == "FAIL":
-        _write_qc(config, folder, defaced, None, timer, "withheld")
+        _write_qc(config, job.folder, defaced, None, timer, "withheld")
         reason = "QC FAIL: " + "; ".join(verdict.reasons)
-        return _row(identity, target, series, "withheld", reason, qc="FAIL", seconds=timer.seconds), HeaderReport()
-    return _written_series(config, target, identity, who, series, folder, defaced, timer)
+        return job.row("withheld", reason, qc="FAIL", seconds=timer.seconds), HeaderReport()
+    return _written_series(config, job, defaced, timer, text)
 
 
 def _written_series(
-    config: DicomOutConfig,
-    target: Target,
-    identity: SubjectIdentity,
-    who: Replacements,
-    series: Series,
-    folder: str,
-    defaced: DefacedScan,
-    timer: StageTimer,
+    config: DicomOutConfig, job: ExportJob, defaced: DefacedScan, timer: StageTimer, text: TextFinding | None
 ) -> tuple[SeriesExport, HeaderReport]:
     """Write the instances into a staged folder, check them, and move them into place if the check passed."""
     stage = config.output_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    qc, header = defaced.quality.verdict.status, HeaderReport()
+    qc, header, folder = defaced.quality.verdict.status, HeaderReport(), job.folder
     try:
         with timer.stage("write"):
-            pairs, header, replaced = _write_instances(series, defaced, config, who, stage)
+            pairs, header, replaced = _write_instances(job, defaced, config, stage, text)
         with timer.stage("selfcheck"):
             face_voxels = int(defaced.result.removed.sum())
-            check = check_export(pairs, config.profile, who, set(header.uids), (replaced, face_voxels))
+            check = check_export(pairs, config.profile, job.who, set(header.uids), (replaced, face_voxels), text)
         if not check.passed:
             failed = [name for name, (passed, _) in check.checks.items() if not passed]
             _write_qc(config, folder, defaced, check, timer, "failed", header)
             reason = f"self-check failed: {', '.join(failed)}; not written"
-            return _row(
-                identity, target, series, "failed", reason, qc=qc, self_check="FAIL", seconds=timer.seconds
-            ), header
+            return job.row("failed", reason, qc=qc, self_check="FAIL", seconds=timer.seconds), header
         move_into_place(stage, config.output_dir / folder)
         _write_qc(config, folder, defaced, check, timer, "exported", header)
     except Exception as exc:  # one broken series must not stop the others
-        log.debug("series %d: traceback", series.number, exc_info=True)
+        log.debug("series %d: traceback", job.series.number, exc_info=True)
         reason = str(exc) if isinstance(exc, ScanError) else f"writing failed: {type(exc).__name__}"
-        return _row(identity, target, series, "failed", reason, qc=qc, seconds=timer.seconds), header
+        return job.row("failed", reason, qc=qc, seconds=timer.seconds), header
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    reason = f"{len(pairs)} instances; {replaced} pixels replaced"
-    return _row(
-        identity, target, series, "exported", reason, qc=qc, self_check="PASS", output=folder, seconds=timer.seconds
-    ), header
+    reason = f"{len(pairs)} instances; {replaced} pixels replaced" + (f"; {text.describe()}, filled" if text else "")
+    return job.row("exported", reason, qc=qc, self_check="PASS", output=folder, seconds=timer.seconds), header
 
 
 def _defaced_series(
-    config: DicomOutConfig, series: Series, decision: Any, work: Path, timer: StageTimer
+    config: DicomOutConfig, series: Series, decision: Any, work: Path, timer: StageTimer, text: TextFinding | None
 ) -> DefacedScan:
-    """Convert the series with dcm2niix and run the defacing stages on it."""
+    """Convert the series with dcm2niix (its text filled, if any) and run the defacing stages on it."""
     with timer.stage("convert"):
         converted = convert_series(series, decision, work)
+        image = converted.image
+        if text is not None:
+            image = work / "text_filled.nii.gz"
+            nib.save(cleaned_volume(nib.load(converted.image), series.files, text), image)
     suffix = converted.decision.suffix
     with timer.stage("load"):
         durations = converted.sidecar.get("FrameDuration") if suffix == "pet" else None
-        scan = load_scan(converted.image, durations)
+        scan = load_scan(image, durations)
         ct = ct_intensities(scan.reference, "CT") if suffix == "ct" else None
         loaded = LoadedScan(converted.sidecar, scan, load_template(), ct, None)
     deface = config.defacing
@@ -297,9 +315,9 @@ def _replacement(defaced: DefacedScan) -> np.ndarray:
 
 
 def _write_instances(
-    series: Series, defaced: DefacedScan, config: DicomOutConfig, who: Replacements, stage: Path
+    job: ExportJob, defaced: DefacedScan, config: DicomOutConfig, stage: Path, text: TextFinding | None
 ) -> tuple[list[tuple[Any, Path]], HeaderReport, int]:
-    """Write every instance with defaced pixels and a de-identified header into ``stage``."""
+    """Write every instance with defaced pixels (text boxes filled) and a de-identified header into ``stage``."""
     import pydicom
 
     removed = np.asarray(defaced.result.removed, dtype=bool)
@@ -307,22 +325,33 @@ def _write_instances(
     replacement, affine = _replacement(defaced), defaced.loaded.scan.image.affine
     stage.mkdir(parents=True)
     report, pairs, replaced = HeaderReport(), [], 0
-    for index, path in enumerate(series.files):
+    for index, path in enumerate(job.series.files):
         dataset = pydicom.dcmread(path)
         source = pydicom.dcmread(path, stop_before_pixels=True)
         try:
-            _, pixels, count = defaced_frames(dataset, removed, replacement, affine)
+            original, pixels, count = defaced_frames(dataset, removed, replacement, affine)
         except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
             syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
             name = getattr(syntax, "name", "unknown transfer syntax")
             raise ScanError(f"pixels could not be read or placed ({name}: {type(exc).__name__})") from exc
-        write_pixels(dataset, pixels)
-        report.add(deidentify_header(dataset, config.profile, who))
+        write_pixels(dataset, _text_filled(pixels, original, index, text))
+        report.add(deidentify_header(dataset, config.profile, job.who, pixels_cleaned=text is not None))
         written = stage / f"{index + 1:05d}.dcm"
         dataset.save_as(written, enforce_file_format=True)
         pairs.append((source, written))
         replaced += count
     return pairs, report, replaced
+
+
+def _text_filled(pixels: np.ndarray, original: np.ndarray, index: int, text: TextFinding | None) -> np.ndarray:
+    """Fill this instance's text boxes with its lowest stored value (the background)."""
+    if text is None:
+        return pixels
+    frames = pixels.reshape((-1, *pixels.shape[-2:]))
+    for (instance, frame), boxes in text.boxes.items():
+        if instance == index:
+            frames[frame] = filled(frames[frame], boxes, original.min())
+    return frames.reshape(pixels.shape)
 
 
 def _write_qc(

@@ -31,6 +31,7 @@ from .deidentify import (
     profile_rules,
     resolve_action,
 )
+from .pixeltext import TextFinding, frames_of, text_boxes
 from .scrub import shift_clock_text
 
 MIN_IDENTIFIER_CHARS = 4  # shorter texts (codes such as "M", "1") are not searched for
@@ -101,6 +102,7 @@ def check_export(
     who: Replacements,
     replaced_uids: set[str],
     pixels: tuple[int, int],
+    text: TextFinding | None = None,
 ) -> ExportCheck:
     """Check one exported series.
 
@@ -116,6 +118,8 @@ def check_export(
         The input UIDs that were replaced (none may be left).
     pixels : (int, int)
         Pixels given a new value in the output, and voxels the defacing replaced in the processed volume.
+    text : TextFinding, optional
+        Burned-in text that was filled: the detector must find none of it in the output frames.
     """
     import pydicom
 
@@ -131,7 +135,20 @@ def check_export(
             f"{replaced_pixels} pixels replaced for {face_voxels} face voxels",
         ),
     }
+    if text is not None:
+        checks["pixel_text_cleaned"] = _text_gone(pairs, text)
     return ExportCheck(checks)
+
+
+def _text_gone(pairs: list[tuple[Any, Path]], text: TextFinding) -> tuple[bool, str]:
+    """Run the detector again on every output frame that had text."""
+    import pydicom
+
+    left = 0
+    for index, frame in text.boxes:
+        frames = frames_of(pydicom.dcmread(pairs[index][1]))
+        left += bool(text_boxes(frames[frame]))
+    return not left, f"text found again in {left} of {len(text.boxes)} cleaned frame(s)"
 
 
 def _own_text(options: ProfileOptions, pseudonym: str) -> str:

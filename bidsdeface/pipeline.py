@@ -60,8 +60,9 @@ from .outputs import (
     stage_figures,
     stage_images,
 )
+from .pixeltext import volume_text_slices
 from .privacy import AGE_LEVELS, PRIVACY_REPORT, PrivacyPlan
-from .qc import ScanQc, check_scan
+from .qc import ScanQc, check_scan, with_pixel_text
 from .register import Registration, register_template, register_through_anatomical
 from .release import publish_dataset, publish_subject
 from .report import QcSummary, refresh_subject_report, write_group_files, write_subject_report
@@ -76,7 +77,7 @@ from .scrub import (
 from .skullstrip import BrainExtraction, brain_only_image, extract_brain, learned_method_available
 from .templates import Template, load_template
 from .tools import run
-from .volumes import mask_image_like, real_values, stored_data
+from .volumes import mask_image_like, mean_volume, real_values, stored_data
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +335,10 @@ def deface_loaded(
         with timer.stage("deface"):
             result = deface_image(scan.image, masks, config, loaded.background, scan.stored_values())
         with timer.stage("qc"):
+            after = real_values(stored_data(result.image), scan.image)
             quality = check_scan(
                 real_values(scan.stored_values(), scan.image),
-                real_values(stored_data(result.image), scan.image),
+                after,
                 masks,
                 result.removed,
                 scan.image.affine,
@@ -347,6 +349,7 @@ def deface_loaded(
                 remove_ears=config.remove_ears,
                 processes=config.omp_nthreads,
             )
+            quality = with_pixel_text(quality, *volume_text_slices(mean_volume(after), config.omp_nthreads))
     return DefacedScan(loaded, registration, brain, result, quality, masks)
 
 

@@ -257,6 +257,7 @@ def judge(metrics: dict[str, Any], limits: Limits = LIMITS) -> Verdict:
     if head > limits.head_removed_warn:
         warn.append(f"{head:.0%} of the head was removed (> {limits.head_removed_warn:.0%}); check the figures")
     warn.extend(_brain_mask_doubts(metrics, limits))
+    fail.extend(_pixel_text_found(metrics))
     ears = metrics.get("ear_tissue_left")
     if ears is not None and ears > limits.ear_tissue_left_fail:
         fail.append(f"{ears:.0%} of the ears' tissue is unchanged (> {limits.ear_tissue_left_fail:.0%})")
@@ -268,6 +269,23 @@ def judge(metrics: dict[str, Any], limits: Limits = LIMITS) -> Verdict:
         notes.append("face check inconclusive: no face found in the render before defacing")
     status = "FAIL" if fail else "WARN" if warn else "PASS"
     return Verdict(status, tuple(fail + warn), tuple(notes))
+
+
+def _pixel_text_found(metrics: dict[str, Any]) -> list[str]:
+    """Say that the last check found burned-in text on the defaced image (any is a failure).
+
+    >>> _pixel_text_found({"pixel_text_slices": 1, "pixel_text_slices_checked": 3})
+    ['burned-in text found on 1 of 3 slices checked']
+    """
+    found = metrics.get("pixel_text_slices", 0)
+    checked = metrics.get("pixel_text_slices_checked", 0)
+    return [f"burned-in text found on {found} of {checked} slices checked"] if found else []
+
+
+def with_pixel_text(quality: ScanQc, slices_with_text: int, slices_checked: int, limits: Limits = LIMITS) -> ScanQc:
+    """Return ``quality`` with the last check's result (text on the defaced image's slices) measured and judged."""
+    metrics = {**quality.metrics, "pixel_text_slices": slices_with_text, "pixel_text_slices_checked": slices_checked}
+    return ScanQc(metrics=metrics, figures=quality.figures, verdict=judge(metrics, limits))
 
 
 def _faces_found(metrics: dict[str, Any], stage: str, limits: Limits) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -558,3 +559,20 @@ def one_line_error(captured: pytest.CaptureFixture[str]) -> str:
     assert len(errors) == 1, errors
     assert "Traceback" not in errors[0]
     return errors[0]
+
+
+def one_slice_volume(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A one-slice volume on the instance's own grid (i = column, j = row), as dcm2niix would lay it out."""
+    from bidsdeface.dicom import frame_planes
+
+    plane = frame_planes(dataset)[0]
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    normal = np.cross(plane.along_row, plane.along_column)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (
+        lps_to_ras @ plane.along_row,
+        lps_to_ras @ plane.along_column,
+        lps_to_ras @ normal,
+    )
+    affine[:3, 3] = lps_to_ras @ plane.position
+    return np.zeros((dataset.Columns, dataset.Rows, 1), bool), affine

@@ -46,7 +46,7 @@ def test_kept_series(header: SeriesHeader, suffix: str) -> None:
         (SeriesHeader(modality="CT", text="Dose Report"), "dose report"),
         (SeriesHeader(modality="SR", sop_class="1.2.840.10008.5.1.4.1.1.88.67"), "structured or dose report"),
         (SeriesHeader(modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7"), "screen capture"),
-        (SeriesHeader(modality="CT", burned_in_annotation=True), "burned-in"),
+        (SeriesHeader(modality="CT", burned_in_annotation="YES"), "burned-in"),
         (_mr("t1_mprage_MPR_cor", image_type=("DERIVED", "SECONDARY", "MPR")), "derived"),
         (SeriesHeader(modality="CT", body_part="CHEST"), "body part is not the head (BodyPartExamined CHEST)"),
         (SeriesHeader(modality="MR", body_part="Dr. Who's knee 555-1234"), "BodyPartExamined other"),

@@ -6,11 +6,15 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pydicom
 import pytest
+from pydicom import examples
 
-from bidsdeface.dicom import missing_slice_gaps, scan_dicom_folder
+from bidsdeface.dicom import frame_planes, frame_voxels, missing_slice_gaps, scan_dicom_folder
 
-from .conftest import DICOM_SERIES, SHARED, needs_shared
+from .conftest import DICOM_SERIES, SHARED, needs_shared, one_slice_volume
 
 
 @needs_shared
@@ -51,3 +55,32 @@ def test_patients_and_studies_are_told_apart(tmp_path: Path) -> None:
 )
 def test_missing_slice_gaps(positions: list[float], gaps: int) -> None:
     assert missing_slice_gaps(positions) == gaps
+
+
+def test_every_pixel_finds_its_own_voxel() -> None:
+    dataset = examples.mr
+    _, affine = one_slice_volume(dataset)
+    i, j, k = frame_voxels(frame_planes(dataset)[0], dataset.Rows, dataset.Columns, affine)
+    rows, columns = np.meshgrid(np.arange(dataset.Rows), np.arange(dataset.Columns), indexing="ij")
+    assert np.array_equal(i, columns) and np.array_equal(j, rows) and not k.any()
+
+
+def test_a_frame_without_geometry_is_refused() -> None:
+    dataset = examples.mr
+    del dataset.ImagePositionPatient
+    with pytest.raises(ValueError, match="no image position"):
+        frame_planes(dataset)
+
+
+@needs_shared
+def test_a_real_series_maps_exactly_onto_its_dcm2niix_volume(tmp_path) -> None:
+    from .test_dicomout_end_to_end import dcm2niix
+
+    folder = SHARED / DICOM_SERIES["prismaHFS"]
+    image = dcm2niix(folder, tmp_path / "nifti")
+    volume = np.asanyarray(image.dataobj)
+    for path in sorted(folder.glob("*.dcm"))[::7]:
+        dataset = pydicom.dcmread(path)
+        i, j, k = frame_voxels(frame_planes(dataset)[0], dataset.Rows, dataset.Columns, image.affine)
+        assert np.array_equal(volume[i, j, k], dataset.pixel_array)
+    assert isinstance(image, nib.Nifti1Image)

@@ -28,12 +28,13 @@ def test_config_from_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(DATE_SHIFT_KEY_ENV, "from-env")
     argv = ["in", "out", "--participant-label", "sub-07", "--retain-device-identity", "--method", "blur",
-            "--no-modified-dates", "--safe-private", "ACME 1.0:0019,10"]  # fmt: skip
+            "--no-modified-dates", "--safe-private", "ACME 1.0:0019,10", "--clean-pixel-text"]  # fmt: skip
     config = config_from_args(build_parser().parse_args(argv))
     assert (config.dicom_dir, config.output_dir, config.participant_label) == (tmp_path / "in", tmp_path / "out", "07")
     assert config.date_shift_key == "from-env" and config.drop_dates and config.pseudonymize
     assert config.profile.device_identity and not config.profile.modified_dates
     assert config.profile.safe_private == ("ACME 1.0:0019,10",) and config.defacing.method == "blur"
+    assert config.clean_pixel_text
 
 
 def test_labels_or_a_mapping_are_required() -> None:

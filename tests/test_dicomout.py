@@ -16,11 +16,12 @@ from bidsdeface.config import DicomOutConfig
 from bidsdeface.convert import Target
 from bidsdeface.deidentify import Replacements
 from bidsdeface.dicom import scan_dicom_folder
-from bidsdeface.dicomout import SeriesExport, _merge_csv, _series_folder, check_paths, export_series
+from bidsdeface.dicomout import ExportJob, SeriesExport, _merge_csv, _series_folder, check_paths, export_series
 from bidsdeface.errors import NoInputError, OutputError, UsageError
 from bidsdeface.identity import SubjectIdentity
 
 from .conftest import DICOM_SERIES, SHARED, needs_shared
+from .textdraw import draw_text, fonts
 
 WHO = Replacements("p5e7d", -timedelta(days=40000), "unit-key")
 
@@ -58,19 +59,20 @@ def test_report_rows_hold_no_empty_cells() -> None:
 
 
 @needs_shared
-def test_a_screen_capture_is_skipped_with_its_reason_and_nothing_written(tmp_path: Path) -> None:
+def test_a_screen_capture_with_text_is_skipped_by_rule_before_any_ocr(tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
     for path in sorted((SHARED / DICOM_SERIES["prismaHFS"]).glob("*.dcm"))[:2]:
         dataset = pydicom.dcmread(path)
         dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+        dataset.PixelData = draw_text(dataset.pixel_array, fonts(14)[1])[0].tobytes()
         dataset.save_as(source / path.name)
     (series,) = scan_dicom_folder(source).series
     identity = SubjectIdentity("01", "p5e7d", WHO.date_offset)
-    row, header = export_series(config(tmp_path), Target("01"), identity, WHO, series, tmp_path / "scratch")
+    row, header = export_series(config(tmp_path), ExportJob(Target("01"), identity, WHO, series), tmp_path / "scratch")
     assert (row.decision, row.files, row.output) == ("skipped", 2, "")
     assert row.reason == "screen capture (Secondary Capture): may carry burned-in text"
-    assert not header.uids and not (tmp_path / "out").exists()
+    assert not header.uids and not (tmp_path / "out").exists() and "pixeltext" not in row.seconds
 
 
 def test_series_folders_carry_labels_number_and_a_keyed_tail_only() -> None:

@@ -27,7 +27,7 @@ from nibabel import orientations
 from scipy import ndimage
 
 from bidsdeface.config import Config
-from bidsdeface.dicompixels import frame_planes, frame_voxels
+from bidsdeface.dicom import frame_planes, frame_voxels
 from bidsdeface.identity import keyed_identity, keyed_uid
 from bidsdeface.images import ct_intensities, load_scan
 from bidsdeface.pipeline import LoadedScan, StageTimer, deface_loaded

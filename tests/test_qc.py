@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bidsdeface.masks import ScanMasks
-from bidsdeface.qc import LIMITS, judge, measure
+from bidsdeface.qc import LIMITS, ScanQc, Verdict, judge, measure, with_pixel_text
 
 from .conftest import BLUR_HEADS, CROPPED_HEADS, FACE_ABSENT_HEADS, FULL_FACE_HEADS, HEADS, head_paths, needs_shared
 from .test_faces import face_before, no_face_after
@@ -210,3 +210,12 @@ def test_mask_placed_with_a_wrong_transform_fails(broken_cases: dict) -> None:
     assert quality.metrics["face_signal_left"] > LIMITS.face_signal_left_fail
     assert quality.metrics["face_score_after"] is not None
     assert quality.metrics["face_score_after"] >= LIMITS.face_score
+
+
+def test_text_left_on_the_defaced_slices_fails_the_scan() -> None:
+    quality = ScanQc(dict(PASSING), figures=None, verdict=judge(PASSING))
+    assert quality.verdict.status == "PASS"
+    checked = with_pixel_text(quality, 0, 3)
+    assert checked.verdict.status == "PASS" and checked.metrics["pixel_text_slices_checked"] == 3
+    found = with_pixel_text(quality, 1, 3)
+    assert found.verdict == Verdict("FAIL", ("burned-in text found on 1 of 3 slices checked",), found.verdict.notes)
