@@ -28,6 +28,8 @@ ENV VIRTUAL_ENV=/opt/bidsdeface/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DENO_DIR=/tmp/bidsdeface-deno \
+    MPLCONFIGDIR=/tmp/bidsdeface-matplotlib \
+    XDG_CACHE_HOME=/tmp/bidsdeface-cache \
     BIDSDEFACE_CONTAINER_IMAGE=bidsdeface/bidsdeface:0.1.0
 
 WORKDIR /opt/bidsdeface/src

@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(parser)
     _add_scrub_options(parser, pseudonymize=True)
     _add_privacy_options(parser)
+    _add_review_options(parser)
     _add_slurm_options(parser)
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="debug output: registration poses, tracebacks"
@@ -426,6 +427,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_review_options(parser: argparse.ArgumentParser) -> None:
+    """Fold a reviewer's exported ratings into the group files."""
+    parser.add_argument(
+        "--ratings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="group level: fold a qc_ratings.tsv exported from the group report's review mode (scan, rating, "
+        "reviewer, comment, time) into qc_ratings.tsv, qc.tsv and the reports; a human fail overrides an automatic "
+        "pass, and the reports say who decided",
+    )
+
+
 def _add_slurm_options(parser: argparse.ArgumentParser) -> None:
     """Write a SLURM job-array script instead of processing."""
     hpc = parser.add_argument_group(
@@ -473,7 +487,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     Raises
     ------
     UsageError
-        The scrub policy file is unreadable or malformed.
+        The scrub policy file is unreadable or malformed; ``--ratings`` outside the group level.
     """
     cores = usable_cores()
     nprocs, omp_nthreads = fitted_to_cores(args.nprocs, args.omp_nthreads, cores)
@@ -486,6 +500,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             nprocs,
             omp_nthreads,
         )
+    if args.ratings is not None and args.analysis_level != "group":
+        raise UsageError("--ratings is for the group level: bidsdeface BIDS_DIR OUTPUT_DIR group --ratings FILE")
     output_dir, release_dir = args.output_dir.absolute(), None
     if args.layout == "release":
         output_dir, release_dir = output_dir / RELEASE_DERIVATIVE, output_dir
@@ -516,6 +532,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         k_anonymity=args.k_anonymity,
         l_diversity=args.l_diversity,
         max_suppressed_rows=args.max_suppressed_rows,
+        ratings=None if args.ratings is None else args.ratings.absolute(),
         **_scrub_settings(args),
     )
 

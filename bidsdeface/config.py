@@ -147,6 +147,8 @@ class Config:
         values (see :mod:`bidsdeface.privacy`); None only measures.
     max_suppressed_rows : float
         Share of participants rows that may be suppressed whole to reach k and l.
+    ratings : Path or None
+        Group level: a reviewer's exported ``qc_ratings.tsv`` to fold into the group files.
     """
 
     bids_dir: Path
@@ -181,6 +183,7 @@ class Config:
     k_anonymity: int | None = None
     l_diversity: int | None = None
     max_suppressed_rows: float = 0.05
+    ratings: Path | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

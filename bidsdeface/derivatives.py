@@ -23,6 +23,7 @@ BIDSIGNORE_LINES: tuple[str, ...] = (
     "logs",
     "*.html",
     "qc.tsv",
+    "qc_ratings.tsv",
     "*_qc.json",
     "*_scrub.json",
     "*_release.json",

@@ -63,9 +63,10 @@ from .outputs import (
 from .pixeltext import volume_text_slices
 from .privacy import AGE_LEVELS, PRIVACY_REPORT, PrivacyPlan
 from .qc import ScanQc, check_scan, with_pixel_text
+from .ratings import RATINGS_FILE, fold_ratings, read_ratings
 from .register import Registration, register_template, register_through_anatomical
 from .release import publish_dataset, publish_subject
-from .report import QcSummary, refresh_subject_report, write_group_files, write_subject_report
+from .report import QcSummary, read_qc_records, refresh_subject_report, write_group_files, write_subject_report
 from .scrub import (
     ScrubReport,
     screen_text,
@@ -806,11 +807,27 @@ def run_group(config: Config) -> int:
     if not defaced:
         raise NoInputError(f"{config.output_dir}: no defaced scans found; run the participant level first")
     log.info("group level: %d defaced scan(s) in %s", len(defaced), config.output_dir)
+    if config.ratings is not None:
+        _fold_ratings(config)
     for subject in sorted({path.relative_to(config.output_dir).parts[0] for path in defaced}):
         with output_lock(config.output_dir, subject):
             write_subject_report(config.output_dir, subject.removeprefix("sub-"))
     _write_dataset_summaries(config)
     return EXIT_OK
+
+
+def _fold_ratings(config: Config) -> None:
+    """Fold a reviewer's exported ratings into the output's ratings file (counts logged, never scan names)."""
+    if config.ratings is None:
+        return
+    incoming, refused = read_ratings(config.ratings)
+    scans = {record["Scan"] for record in read_qc_records(config.output_dir)}
+    with output_lock(config.output_dir, DATASET_LOCK):
+        kept, unknown = fold_ratings(config.output_dir, incoming, scans)
+    log.info(
+        "ratings: %d folded into %s; %d of scans not in this output and %d with no valid rating left out",
+        kept, RATINGS_FILE, unknown, refused,
+    )  # fmt: skip
 
 
 def _log_qc_summary(summary: QcSummary) -> None:

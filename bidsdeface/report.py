@@ -17,6 +17,7 @@ import html
 import json
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from .figures import VIEW_MM
 from .files import write_bytes_atomic
 from .outputs import STAGES
 from .privacy import PRIVACY_REPORT, WARN_BELOW_K
-from .qc import STATUS_ORDER
+from .qc import LIMITS, STATUS_ORDER, Limits
+from .ratings import Rating, final_status, stored_ratings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; vertica
 img { max-width: 100%; border: 1px solid #999; background: #000; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .note { color: #555; font-size: 0.9em; }
+.flicker { overflow: hidden; border: 1px solid #999; }
+.flicker img { display: block; border: 0; max-width: none; }
+.flicker:hover img { transform: translateY(-50%); }
 """
 
 
@@ -139,10 +144,11 @@ def _cell(value: Any) -> str:
     return str(value).replace("\t", " ").replace("\n", " ")
 
 
-def qc_table(records: list[dict[str, Any]]) -> str:
+def qc_table(records: list[dict[str, Any]], ratings: dict[str, Rating] | None = None) -> str:
     """Return ``qc.tsv``: one row per scan with status, reasons, metrics and seconds per stage.
 
     ``image`` is ``written``, or ``withheld`` for a scan that failed QC (not in the output).
+    ``final_status`` and ``decided_by`` follow reviewers' ratings (:func:`bidsdeface.ratings.final_status`).
 
     >>> table = qc_table([{"Scan": "sub-1/anat/x.nii.gz", "Status": "PASS", "Metrics": {}, "Seconds": {"qc": 2.0}}])
     >>> table.splitlines()[1].split(chr(9))[:5]
@@ -150,6 +156,7 @@ def qc_table(records: list[dict[str, Any]]) -> str:
     """
     header = ["scan", "subject", "status", "reasons", "image", *METRIC_COLUMNS, "seconds_total"]
     header += [f"seconds_{stage}" for stage in STAGES]
+    header += ["review_rating", "reviewer", "review_comment", "reviewed_at", "final_status", "decided_by"]
     lines = ["\t".join(header)]
     for record in records:
         metrics, seconds = {**record.get("Method", {}), **record.get("Metrics", {})}, record.get("Seconds", {})
@@ -162,9 +169,17 @@ def qc_table(records: list[dict[str, Any]]) -> str:
             *(metrics.get(column) for column in METRIC_COLUMNS),
             round(sum(seconds.values()), 2),
             *(seconds.get(stage) for stage in STAGES),
+            *_review_cells(record["Status"], (ratings or {}).get(record["Scan"])),
         ]
         lines.append("\t".join(_cell(value) for value in row))
     return "\n".join(lines) + "\n"
+
+
+def _review_cells(status: str, rating: Rating | None) -> tuple[str | None, ...]:
+    final, decided = final_status(status, rating)
+    if rating is None:
+        return None, None, None, None, final, decided
+    return rating.rating, rating.reviewer, rating.comment, rating.time, final, decided
 
 
 def _page(title: str, body: str) -> bytes:
@@ -198,9 +213,33 @@ def _table(title: str, rows: dict[str, Any]) -> str:
     return f'<table><tr><th colspan="2">{html.escape(title)}</th></tr>{cells}</table>'
 
 
+def _flicker(path: str, output_dir: Path, scan: str) -> str:
+    """Return the render sheet (rows: before, after) as one view that flicks to "after" under the pointer."""
+    size = png_size(output_dir / path)
+    if size is None:
+        return ""
+    width, height = (round(side * VIEW_MM) for side in size)
+    return (
+        f'<figure><div class="flicker" style="width:{width}px;height:{height // 2}px">'
+        f'<img src="{html.escape(path)}" width="{width}" height="{height}" alt="render of {html.escape(scan)}">'
+        "</div><figcaption>Before; point at it for after (face region in blocks)</figcaption></figure>"
+    )
+
+
+def _thresholds(metrics: dict[str, Any], limits: Limits = LIMITS) -> str:
+    """Return the registration and face scores against the thresholds the verdict used."""
+    rows = {
+        "registration score": f"{_cell(metrics.get('registration_score'))} (WARN below {limits.registration_warn})",
+        "face score before": f"{_cell(metrics.get('face_score_before'))} (a face counts from {limits.face_score})",
+        "face score after": f"{_cell(metrics.get('face_score_after'))} (FAIL from {limits.face_score})",
+    }
+    return _table("scores and thresholds", rows)
+
+
 def _scan_section(record: dict[str, Any], output_dir: Path) -> str:
     scan = record["Scan"]
     seconds = {k: f"{v:.1f}" for k, v in record.get("Seconds", {}).items()}
+    flicker = _flicker(record.get("Figures", {}).get("Render", ""), output_dir, scan)
     figures = "".join(
         f'<figure><img src="{html.escape(path)}"{shown_width(output_dir / path)} '
         f'alt="{html.escape(kind)} of {html.escape(scan)}">'
@@ -211,8 +250,9 @@ def _scan_section(record: dict[str, Any], output_dir: Path) -> str:
         f'<h2 id="{html.escape(scan)}">{html.escape(Path(scan).name)} {_badge(record["Status"])}</h2>\n'
         f"{WITHHELD_NOTE if withheld(record) else ''}"
         f"{_list(record.get('Reasons', []))}{_list(record.get('Notes', []), 'note')}\n"
-        f'<div class="figures">{figures}</div>\n'
-        f'<div class="figures">{_table("metrics", record["Metrics"])}{_table("method", record.get("Method", {}))}'
+        f'<div class="figures">{flicker}{figures}</div>\n'
+        f'<div class="figures">{_thresholds(record["Metrics"])}{_table("metrics", record["Metrics"])}'
+        f"{_table('method', record.get('Method', {}))}"
         f"{_table('seconds', seconds)}</div>\n"
     )
 
@@ -249,26 +289,32 @@ def _scrub_section(output_dir: Path, label: str) -> str:
     )
 
 
+def png_size(figure: Path) -> tuple[int, int] | None:
+    """Return a PNG's width and height in pixels from its header, or None."""
+    try:
+        with figure.open("rb") as file:
+            head = file.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def shown_width(figure: Path) -> str:
     """Return the width attribute that shows ``figure`` at one CSS pixel per millimetre, or nothing.
 
     Figures are drawn with pixels of VIEW_MM (1.5 mm); shown pixel for pixel they would be two
     thirds of the size they had with 1 mm pixels. The width comes from the PNG's header.
     """
-    try:
-        with figure.open("rb") as file:
-            head = file.read(24)
-    except OSError:
-        return ""
-    if len(head) < 24 or head[12:16] != b"IHDR":
-        return ""
-    return f' width="{round(int.from_bytes(head[16:20], "big") * VIEW_MM)}"'
+    size = png_size(figure)
+    return "" if size is None else f' width="{round(size[0] * VIEW_MM)}"'
 
 
 def subject_report(output_dir: Path, label: str) -> bytes:
     """Return the page ``sub-<label>.html``, made from the subject's QC and scrub records on disk."""
     records = read_qc_records(output_dir, label)
-    body = f"<p>{len(records)} scan(s): {_counts(records)}</p>\n"
+    body = f'<p><a href="{GROUP_REPORT}">Group report</a> · {len(records)} scan(s): {_counts(records)}</p>\n'
     body += "".join(_scan_section(record, output_dir) for record in records)
     body += _scrub_section(output_dir, label)
     return _page(f"sub-{label}: defacing QC", body)
@@ -365,53 +411,147 @@ def privacy_section(privacy: dict[str, Any] | None) -> str:
     return "<h2>Participants: quasi-identifiers</h2>\n" + note + _table("participants.tsv", rows)
 
 
-def group_report(
-    records: list[dict[str, Any]], reported: frozenset[str] | None = None, privacy: dict[str, Any] | None = None
-) -> bytes:
-    """Return the group report: every scan, FAIL and WARN first, with a thumbnail and its reasons.
+REVIEW_ASSETS = ("report_assets", "review.js", "review.css")
+TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("registration_score", "registration score"),
+    ("face_signal_left", "face tissue left"),
+    ("head_removed_fraction", "head removed"),
+    ("face_score_after", "face score after"),
+    ("seconds_total", "seconds"),
+)
 
-    A scan links to its subject report only when it is in ``reported`` (all, if None).
-    ``privacy`` is the content of ``privacy_report.json`` (:func:`privacy_section`).
+
+def _asset(name: str) -> str:
+    return resources.files("bidsdeface").joinpath(REVIEW_ASSETS[0], name).read_text(encoding="utf-8")
+
+
+def _scan_entry(record: dict[str, Any], reported: frozenset[str] | None, rating: Rating | None) -> dict[str, Any]:
+    """Return what the group page shows of one scan (output names, metrics, figures, the review)."""
+    scan, metrics, figures = record["Scan"], record.get("Metrics", {}), record.get("Figures", {})
+    parts = scan.split("/")
+    status, decided = final_status(record["Status"], rating)
+    chosen = {key: metrics.get(key) for key, _ in TABLE_METRICS if isinstance(metrics.get(key), int | float)}
+    chosen["seconds_total"] = round(sum(record.get("Seconds", {}).values()), 2)
+    return {
+        "scan": scan,
+        "subject": parts[0].removeprefix("sub-"),
+        "session": parts[1].removeprefix("ses-") if parts[1].startswith("ses-") else "",
+        "modality": parts[-1].split(".")[0].split("_")[-1],
+        "status": status,
+        "automatic": record["Status"],
+        "decided_by": decided,
+        "reasons": list(record.get("Reasons", [])),
+        "withheld": withheld(record),
+        "render": figures.get("Render", ""),
+        "mosaic": figures.get("Mosaic", ""),
+        "link": f"{parts[0]}.html#{scan}" if reported is None or scan in reported else "",
+        "metrics": chosen,
+        "review": None if rating is None else {"rating": rating.rating, "reviewer": rating.reviewer,
+                                               "comment": rating.comment, "time": rating.time},
+    }  # fmt: skip
+
+
+def _static_row(entry: dict[str, Any]) -> str:
+    """Return a scan's table row as HTML (what the page shows before, or without, its script)."""
+    scan, render, link = html.escape(entry["scan"]), entry["render"], entry["link"]
+    thumbnail = f'<img src="{html.escape(render)}" alt="render of {scan}" width="160" loading="lazy">' if render else ""
+    review = entry["review"]
+    decided = f"{review['rating']} ({review['reviewer'] or 'unnamed'})" if review else ""
+    cells = "".join(f'<td class="num">{html.escape(_cell(entry["metrics"].get(key)))}</td>' for key, _ in TABLE_METRICS)
+    return (
+        f"<tr><td>{_linked(link, thumbnail)}</td><td>{_linked(link, scan)}</td>"
+        f"<td>{_badge(entry['status'])}{'<br>image withheld' if entry['withheld'] else ''}</td>"
+        f"<td>{_list(entry['reasons'])}</td>{cells}"
+        f"<td>{html.escape(decided)}</td></tr>"
+    )
+
+
+def _page_data(entries: list[dict[str, Any]], limits: Limits) -> str:
+    """Return the page's data as JSON safe inside a script element (no ``<``, ``>`` or ``&`` left)."""
+    plots = [
+        {"key": "registration_score", "label": "registration score", "thresholds": [limits.registration_warn]},
+        {"key": "face_signal_left", "label": "face tissue left",
+         "thresholds": [limits.face_signal_left_warn, limits.face_signal_left_fail]},
+        {"key": "head_removed_fraction", "label": "head removed fraction", "thresholds": [limits.head_removed_warn]},
+        {"key": "seconds_total", "label": "seconds per scan", "thresholds": []},
+    ]  # fmt: skip
+    content = {"scans": entries, "columns": [key for key, _ in TABLE_METRICS], "plots": plots}
+    text = json.dumps(content, separators=(",", ":"))
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _options(identifier: str, label: str, values: tuple[str, ...] = ()) -> str:
+    choices = "".join(f'<option value="{v}">{v}</option>' for v in values)
+    return f'<label>{label} <select id="{identifier}"><option value="*">all</option>{choices}</select></label>'
+
+
+GROUP_CONTROLS = (
+    '<div class="controls">'
+    + _options("f-status", "verdict", STATUS_ORDER)
+    + _options("f-subject", "subject") + _options("f-session", "session") + _options("f-modality", "modality")
+    + '<label>sort by <select id="sort"><option value="flagged">flagged first</option>'
+    + "".join(f'<option value="{key}">{label}</option>' for key, label in TABLE_METRICS)
+    + '</select></label><select id="direction"><option value="asc">ascending</option>'
+    '<option value="desc">descending</option></select>'
+    '<button id="start-review" type="button">review (r)</button>'
+    '<button id="export" type="button">export ratings (qc_ratings.tsv)</button>'
+    '<label>reviewer <input id="reviewer" size="12"></label> <span id="shown"></span></div>'
+)  # fmt: skip
+REVIEW_PANEL = (
+    '<section id="review" hidden><p><button id="r-close" type="button">close (Esc)</button> '
+    '<span id="r-position"></span> <strong id="r-name"></strong> <span id="r-status"></span> '
+    '<em id="r-rating"></em> <a id="r-link">subject report</a></p><ul id="r-reasons"></ul>'
+    '<p class="keys">Keys: j or right arrow next, k or left arrow previous (flagged scans first); '
+    "p pass, f fail, u unsure; c comment; Esc close.</p>"
+    '<textarea id="r-comment" placeholder="comment"></textarea>'
+    '<div class="figures"><img id="r-render" alt="render (face obscured)">'
+    '<img id="r-mosaic" alt="mosaic (face obscured)"></div></section>'
+)
+
+
+def group_report(
+    records: list[dict[str, Any]],
+    reported: frozenset[str] | None = None,
+    privacy: dict[str, Any] | None = None,
+    ratings: dict[str, Rating] | None = None,
+    limits: Limits = LIMITS,
+) -> bytes:
+    """Return the group report: one offline page that filters, sorts, plots and reviews every scan.
+
+    The data are embedded as JSON and shown by the bundled script with ``textContent`` only;
+    thumbnails load lazily. A scan links to its subject report only when it is in ``reported``
+    (all, if None). ``ratings`` are reviewers' decisions (:mod:`bidsdeface.ratings`); ``privacy`` is
+    the content of ``privacy_report.json`` (:func:`privacy_section`).
     """
-    rows, pending = [], 0
-    for record in records:
-        scan, metrics = record["Scan"], record.get("Metrics", {})
-        subject = scan.split("/")[0]
-        render = record.get("Figures", {}).get("Render", "")
-        thumbnail = f'<img src="{html.escape(render)}" alt="render of {html.escape(scan)}" width="180">'
-        thumbnail = thumbnail if render else ""
-        target = f"{subject}.html#{scan}" if reported is None or scan in reported else None
-        pending += target is None
-        rows.append(
-            f"<tr><td>{_linked(target, thumbnail)}</td><td>{_linked(target, html.escape(scan))}</td>"
-            f"<td>{_badge(record['Status'])}{'<br>image withheld' if withheld(record) else ''}</td>"
-            f"<td>{_list(record.get('Reasons', []))}</td>"
-            f"<td>{html.escape(_cell(metrics.get('registration_score')))}</td>"
-            f"<td>{html.escape(_cell(metrics.get('face_signal_left')))}</td>"
-            f"<td>{html.escape(_cell(metrics.get('face_score_after')))}</td></tr>"
-        )
-    note = (
-        f'<p class="note">{pending} scan(s) are not linked yet: their subject report is written by the next '
-        "run on that subject or by the group level.</p>\n"
-        if pending
-        else ""
-    )
+    ratings = ratings or {}
+    entries = [_scan_entry(record, reported, ratings.get(record["Scan"])) for record in records]
+    pending = sum(1 for entry in entries if not entry["link"])
+    reviewed = sum(1 for entry in entries if entry["review"])
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TABLE_METRICS)
     body = (
-        f"<p>{len(records)} scan(s): {_counts(records)}. Failed and flagged scans come first; "
-        f'the full table is <a href="{QC_TABLE}">{QC_TABLE}</a>.</p>\n{note}'
-        "<table><tr><th>render</th><th>scan</th><th>QC</th><th>reasons</th><th>registration score</th>"
-        "<th>face tissue left</th><th>face score after</th></tr>" + "".join(rows) + "</table>"
-    )
+        f"<p>{len(records)} scan(s): {_counts(records)} (automatic verdicts); {reviewed} reviewed. "
+        f'The full table is <a href="{QC_TABLE}">{QC_TABLE}</a>. Every figure shows the face region in coarse '
+        "blocks.</p>\n"
+        + (f'<p class="note">{pending} scan(s) are not linked yet: their subject report is written by the next '
+           "run on that subject or by the group level.</p>\n" if pending else "")
+        + GROUP_CONTROLS + '<div id="plots"></div>'
+        + f"<table><thead><tr><th>render</th><th>scan</th><th>QC</th><th>reasons</th>{head}<th>review</th></tr>"
+        + '</thead><tbody id="rows">' + "".join(_static_row(entry) for entry in entries) + "</tbody></table>"
+        + REVIEW_PANEL
+        + f'<script type="application/json" id="qc-data">{_page_data(entries, limits)}</script>'
+        + f"<style>{_asset('review.css')}</style><script>{_asset('review.js')}</script>"
+    )  # fmt: skip
     return _page("bidsdeface: group QC", body + privacy_section(privacy))
 
 
 def write_group_files(output_dir: Path) -> QcSummary:
-    """Rebuild ``qc.tsv`` and ``group_report.html`` from every QC record in the output."""
+    """Rebuild ``qc.tsv`` and ``group_report.html`` from every QC record (and the reviewers' ratings) in the output."""
     records = read_qc_records(output_dir)
+    ratings = stored_ratings(output_dir)
     table, report = output_dir / QC_TABLE, output_dir / GROUP_REPORT
-    write_bytes_atomic(table, qc_table(records).encode())
+    write_bytes_atomic(table, qc_table(records, ratings).encode())
     privacy = _read_privacy_report(output_dir / PRIVACY_REPORT)
-    write_bytes_atomic(report, group_report(records, _reported_scans(output_dir, records), privacy))
+    write_bytes_atomic(report, group_report(records, _reported_scans(output_dir, records), privacy, ratings))
     return QcSummary(tuple(r["Status"] for r in records), table, report)
 
 

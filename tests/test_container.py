@@ -76,6 +76,13 @@ def test_slim_python_base_and_oci_labels() -> None:
     assert environment()["BIDSDEFACE_CONTAINER_IMAGE"] == descriptor["container-image"]["image"]
 
 
+def test_caches_go_to_a_writable_temporary_folder() -> None:
+    """Under a read-only root filesystem (Apptainer's default), matplotlib and other caches need /tmp."""
+    env = environment()
+    for key in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "DENO_DIR"):
+        assert env[key].startswith("/tmp/"), key
+
+
 def test_entrypoint_is_the_console_script_run_by_a_non_root_user() -> None:
     (entrypoint,) = arguments("ENTRYPOINT")
     assert json.loads(entrypoint) == ["bidsdeface"]
