@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 DETECTOR = "rapidocr PP-OCR text detection (model inside the rapidocr wheel) on onnxruntime, CPU"
 DETECTION_SIDE = 512
 SAMPLED_INSTANCES = 7  # 0.15 s each on 2 cores (256 or 512 pixels square): about 1 s per ordinary series
-LAST_CHECK_SLICES = 3  # the defaced image's first, middle and last slices
+LAST_CHECK_SLICES = 3  # the defaced image's slices at a quarter, half and three quarters
 MAX_CLEANING_PASSES = 4  # detect, fill, and look again: a box can miss the end of a line
 MAX_HEAD_SHARE = 0.5  # a box with more of its area in the head is anatomy, not an annotation
 MAX_LINE_SHARE = 0.2  # a box taller than this share of the image is not a line of text
+MIN_LINE_ASPECT = 2.0  # a line of a name, date or ID is at least twice as wide as it is tall
 MIN_BOX_SIDE = 4  # pixels: smaller boxes are noise
 WINDOW_PERCENTILES = (0.5, 99.9)
 HEAD_SEAL_PX = 2  # the head mask is closed this much so that thin gaps at its edge are not air
@@ -140,10 +141,20 @@ def detect_boxes(picture: np.ndarray, threads: int = 1) -> list[TextBox]:
     return boxes
 
 
+def _line_shaped(box: TextBox, rows: int) -> bool:
+    """Return whether a box can be a line of text: not too tall for the image, and wide.
+
+    >>> _line_shaped(TextBox(0, 12, 0, 120), 256), _line_shaped(TextBox(0, 80, 0, 75), 256)
+    (True, False)
+    """
+    height, width = box.bottom - box.top, box.right - box.left
+    return height <= MAX_LINE_SHARE * rows and width >= MIN_LINE_ASPECT * height
+
+
 def text_boxes(pixels: np.ndarray, threads: int = 1) -> list[TextBox]:
     """Return the boxes of burned-in text on one frame: detected, line-sized, mostly outside the head."""
     picture = as_picture(pixels)
-    boxes = [b for b in detect_boxes(picture, threads) if b.bottom - b.top <= MAX_LINE_SHARE * picture.shape[0]]
+    boxes = [b for b in detect_boxes(picture, threads) if _line_shaped(b, picture.shape[0])]
     if not boxes:
         return []
     # The head is found with the boxes blanked, so that a bright banner is not taken for (part of) it;
@@ -230,9 +241,11 @@ def volume_text_slices(volume: np.ndarray, threads: int = 1, wanted: int = LAST_
     """Return how many sampled slices (along the third axis) of a 3D volume hold text, and how many were looked at.
 
     The last check of the BIDS path, on the defaced image: slices of dcm2niix's third axis are
-    the acquired ones, where a workstation draws its text.
+    the acquired ones, where a workstation draws its text (on every slice); the slices at the
+    quarters are looked at, not the first and last, which often cut through the top of the head.
     """
-    indices = sampled_indices(volume.shape[2], False, wanted)
+    count = volume.shape[2]
+    indices = sorted({count * quarter // (wanted + 1) for quarter in range(1, wanted + 1)})
     found = sum(bool(text_boxes(np.asarray(volume[:, :, k]).T, threads)) for k in indices)
     return found, len(indices)
 

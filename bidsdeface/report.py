@@ -500,12 +500,12 @@ GROUP_CONTROLS = (
 REVIEW_PANEL = (
     '<section id="review" hidden><p><button id="r-close" type="button">close (Esc)</button> '
     '<span id="r-position"></span> <strong id="r-name"></strong> <span id="r-status"></span> '
-    '<em id="r-rating"></em> <a id="r-link">subject report</a></p><ul id="r-reasons"></ul>'
+    '<em id="r-rating"></em> <a id="r-link" href="#">subject report</a></p><ul id="r-reasons"></ul>'
     '<p class="keys">Keys: j or right arrow next, k or left arrow previous (flagged scans first); '
     "p pass, f fail, u unsure; c comment; Esc close.</p>"
     '<textarea id="r-comment" placeholder="comment"></textarea>'
-    '<div class="figures"><img id="r-render" alt="render (face obscured)">'
-    '<img id="r-mosaic" alt="mosaic (face obscured)"></div></section>'
+    '<div class="figures"><img id="r-render" src="" alt="render (face obscured)">'
+    '<img id="r-mosaic" src="" alt="mosaic (face obscured)"></div></section>'
 )
 
 

@@ -195,7 +195,7 @@ def test_example_outputs(tmp_path: Path) -> None:
 
 
 # Files that hold stage times (seconds) besides what they report on the scans.
-TIMED_FILES = ("qc.tsv", "sub-01.html")
+TIMED_FILES = ("qc.tsv", "sub-01.html", "group_report.html")  # seconds per scan are shown
 
 
 def test_example_repeats_bit_for_bit_with_two_cores(tmp_path: Path) -> None:
