@@ -10,6 +10,7 @@ the process itself, with the same result.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
@@ -40,7 +41,13 @@ class ForkedCall(Generic[Result]):
         context = multiprocessing.get_context("fork")
         self._receiver, sender = context.Pipe(duplex=False)
         self._child = context.Process(target=_send_result, args=(function, args, sender), daemon=True)
-        self._child.start()
+        # SIGTERM is held while forking: its handler, run inside fork's hooks (logging releases its
+        # locks there), would raise where the exception is ignored, and the signal would be lost.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            self._child.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         sender.close()
 
     @classmethod
@@ -80,6 +87,7 @@ class ForkedCall(Generic[Result]):
 
 def _send_result(function: Callable[..., Any], args: tuple[Any, ...], sender: Connection) -> None:
     """Run in the child: send ``function(*args)``, or the exception it raised, to the parent."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held by the parent while it forked
     try:
         sender.send(function(*args))
     except Exception as error:  # the parent raises it
