@@ -31,6 +31,43 @@ def pytest_configure(config: pytest.Config) -> None:
     itk_single_threaded()
 
 
+# Session fixtures that take minutes, and the modules whose tests use them: pytest-xdist
+# (pyproject's addopts) runs these modules on one worker, so each fixture is computed once.
+SHARED_RUN_FIXTURES = frozenset({"heads_run", "blurred_run", "rerun_registrations", "broken_cases"})
+SHARED_RUN_MODULES = frozenset(
+    f"test_{name}.py"
+    for name in ("faces", "figures", "pipeline_heads", "qc", "report", "report_review", "skullstrip", "slurm")
+)
+
+
+def worker_group(nodeid: str) -> str:
+    """The unit of work of one xdist worker: a test module, or all modules of the shared real-heads runs."""
+    module = nodeid.split("::")[0]
+    return "real-heads" if Path(module).name in SHARED_RUN_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Schedule whole :func:`worker_group` units (largest first), as ``--dist=loadscope`` does with modules."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkerGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ByWorkerGroup(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that uses a shared real-heads run outside :data:`SHARED_RUN_MODULES` (it would run it again)."""
+    for item in items:
+        if (
+            SHARED_RUN_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            and worker_group(item.nodeid) != "real-heads"
+        ):
+            raise pytest.UsageError(f"{item.nodeid} uses a shared real-heads run: add its module to SHARED_RUN_MODULES")
+
+
 NIFTI_HEADS = {
     "ixi": "mri_t1w_ixi012/IXI012-HH-1211_T1.nii.gz",
     "chris": "mri_t1w_chris/chris_t1.nii.gz",
