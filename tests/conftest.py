@@ -48,7 +48,7 @@ def worker_group(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Schedule whole :func:`worker_group` units (largest first), as ``--dist=loadscope`` does with modules."""
+    """Schedule whole :func:`worker_group` units in collection order (longest first, see :data:`LONGEST_FIRST`)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByWorkerGroup(LoadScopeScheduling):
@@ -58,14 +58,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return ByWorkerGroup(config, log)
 
 
+# The longest units of work (measured with --durations) start first, so that none starts last.
+LONGEST_FIRST = (
+    "real-heads", "test_ct_pet.py", "test_privacy_datasets.py", "test_dicomout_end_to_end.py", "test_register.py",
+    "test_leaks.py", "test_release_datasets.py", "test_pixeltext_end_to_end.py", "test_slurm_real.py", "test_cli.py",
+    "test_container.py", "test_pipeline.py", "test_faults.py", "test_convert.py", "test_convert_end_to_end.py",
+)  # fmt: skip
+
+
+def start_rank(nodeid: str) -> int:
+    """Position of a test's unit of work in :data:`LONGEST_FIRST` (the others after, in their order)."""
+    name = Path(worker_group(nodeid)).name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse a test that uses a shared real-heads run outside :data:`SHARED_RUN_MODULES` (it would run it again)."""
+    """Order the units of work longest first; refuse a shared real-heads run outside :data:`SHARED_RUN_MODULES`."""
     for item in items:
         if (
             SHARED_RUN_FIXTURES.intersection(getattr(item, "fixturenames", ()))
             and worker_group(item.nodeid) != "real-heads"
         ):
             raise pytest.UsageError(f"{item.nodeid} uses a shared real-heads run: add its module to SHARED_RUN_MODULES")
+    items.sort(key=lambda item: start_rank(item.nodeid))
 
 
 NIFTI_HEADS = {
