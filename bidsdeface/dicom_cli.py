@@ -44,8 +44,8 @@ DESCRIPTION = (
     "and face pixels) and written only if both pass. DICOM_DIR is never written to."
 )
 EPILOG = (
-    "Output: OUTPUT_DIR/sub-<pseudonym>/[ses-<label>/]series-<number>-<tail>/*.dcm, qc/ (figures and "
-    "records), report.html and export_report.tsv (every series, its decision and reason). The "
+    "Output: OUTPUT_DIR/sub-<pseudonym>/[ses-<label>/]series-<number>-<tail>/*.dcm, qc/ (figures, "
+    "records and masks), report.html and export_report.tsv (every series, its decision and reason). The "
     "old-to-new UID and patient ID mappings (old,new CSV) go to the private folder. "
     "Exit codes: 0 ok; 18 every series was skipped by rule; 64 usage error; 65 some series failed or "
     "were withheld (the others were written); 66 no DICOM found; 70 internal error; 73 cannot write. "

@@ -45,14 +45,15 @@ from .dicom import Series
 from .dicompixels import defaced_frames, write_pixels
 from .errors import BidsDefaceError, NoFilesError, NoInputError, OutputError, ScanError
 from .exportcheck import ExportCheck, check_export
-from .files import TEMP_PREFIX, Table, output_lock, write_bytes_atomic, write_json_atomic
+from .files import TEMP_PREFIX, Table, atomic_path, output_lock, write_bytes_atomic, write_json_atomic
 from .identity import SubjectIdentity, prepare_private_folder, private_folder, resolve_identity, uid_key
 from .images import ct_intensities, load_scan
 from .pipeline import DefacedScan, LoadedScan, StageTimer, deface_loaded
 from .pixeltext import TextFinding, cleaned_volume, filled
 from .report import write_dicom_report
+from .scrub import scrub_nifti_header
 from .templates import load_template
-from .volumes import real_values, stored_data
+from .volumes import mask_image_like, real_values, stored_data
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ README_TEXT = """De-identified, defaced DICOM written by bidsdeface-dicom {versi
 sub-<pseudonym>/[ses-<label>/]series-<number>-<tail>/ holds one series per folder: headers
 de-identified by DICOM PS3.15 Annex E (Basic Application Level Confidentiality Profile and
 the options named in DeidentificationMethodCodeSequence), new UIDs, the face replaced in
-the pixels. qc/ holds each series' figures and record; report.html and export_report.tsv
+the pixels. qc/ holds each series' figures, record and masks (the voxels replaced, the
+protected brain) in the grid of its NIfTI conversion; report.html and export_report.tsv
 list every series found and what became of it.
 """
 
@@ -381,6 +383,20 @@ def _write_qc(
         "Seconds": timer.seconds,
     }
     write_json_atomic(base.with_name(base.name + "_qc.json"), record)
+    _write_masks(base, defaced)
+
+
+def _write_masks(base: Path, defaced: DefacedScan) -> None:
+    """Write the voxels replaced and the protected brain, in the grid of the series' NIfTI conversion."""
+    source = defaced.loaded.scan.image
+    removed = np.asarray(defaced.result.removed, dtype=bool)
+    for name, mask in (
+        ("defacemask", removed if removed.ndim == 3 else removed[..., 0]),
+        ("protectmask", defaced.masks.protect),
+    ):
+        image, _ = scrub_nifti_header(mask_image_like(mask, source))
+        with atomic_path(base.with_name(f"{base.name}_{name}.nii.gz")) as staged:
+            nib.save(image, staged)
 
 
 def _record_mappings(config: DicomOutConfig, series: Series, who: Replacements, header: HeaderReport) -> None:

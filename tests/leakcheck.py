@@ -72,6 +72,30 @@ def readable_forms(path: Path) -> Iterator[bytes]:
         yield from _png_text(data)
 
 
+class _Needles:
+    """Markers found by substring, searched only inside the runs of bytes that markers are made of.
+
+    A marker lies whole within a maximal run of its own characters, so each form is scanned
+    once for such runs (a regular expression in C) and the markers are looked for in those
+    runs alone: an image's pixels hold few of them, however large it is.
+    """
+
+    def __init__(self, markers: Iterable[str]) -> None:
+        self.by_needle = {marker.lower().encode(): marker for marker in markers}
+        characters = sorted(set(b"".join(self.by_needle)))
+        self.separator = next(bytes([c]) for c in range(256) if c not in characters)
+        shortest = min((len(needle) for needle in self.by_needle), default=1)
+        pattern = b"[" + b"".join(re.escape(bytes([c])) for c in characters) + b"]{%d,}" % shortest
+        self.runs = re.compile(pattern) if characters else None
+
+    def found(self, data: bytes) -> set[str]:
+        """The markers in ``data`` (case-insensitive)."""
+        if self.runs is None:
+            return set()
+        runs = self.separator.join(set(self.runs.findall(data.lower())))
+        return {marker for needle, marker in self.by_needle.items() if needle in runs}
+
+
 def find_leaks(root: Path, markers: Iterable[str], texts: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Return ``(where, marker)`` for every marker found (case-insensitive) below ``root`` or in ``texts``.
 
@@ -84,17 +108,16 @@ def find_leaks(root: Path, markers: Iterable[str], texts: dict[str, str] | None 
     texts : dict, optional
         Other text to search (name -> content), such as captured logs.
     """
-    needles = {marker.lower(): marker for marker in markers}
+    needles = _Needles(markers)
     hits = set()
     for path in sorted(root.rglob("*")):
         name = path.relative_to(root).as_posix()
-        hits |= {(f"file name {name}", marker) for needle, marker in needles.items() if needle in name.lower()}
+        hits |= {(f"file name {name}", marker) for marker in needles.found(name.lower().encode())}
         if path.is_file():
             for form in readable_forms(path):
-                lowered = form.lower()
-                hits |= {(name, marker) for needle, marker in needles.items() if needle.encode() in lowered}
+                hits |= {(name, marker) for marker in needles.found(form)}
     for label, text in (texts or {}).items():
-        hits |= {(label, marker) for needle, marker in needles.items() if needle in text.lower()}
+        hits |= {(label, marker) for marker in needles.found(text.lower().encode())}
     return sorted(hits)
 
 
